@@ -1,0 +1,44 @@
+"""The ``tidings`` command. Each sub-command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tidings.cli import events, keys
+from tidings.cli.errors import CliError
+
+app = typer.Typer(
+    name="tidings",
+    help="tidings: a conversations webhook platform and its receiver.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(events.app, name="event")
+app.command("schema", help="Print the JSON Schema of an event type (all of them when none is given).")(
+    events.schema_command
+)
+
+
+def main() -> None:
+    """Entry point: one clear line and a non-zero exit on any expected failure."""
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,72 @@
+"""Engines for the two supported databases.
+
+Users write plain URLs (``sqlite:///tidings.db``, ``postgresql://host/db``);
+this module picks the async driver (aiosqlite, asyncpg) or the sync one
+(sqlite3, psycopg 3) and applies the SQLite settings that tidings relies on.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+DEFAULT_DB_URL = "sqlite:///tidings.db"
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+
+
+def _backend(url: str) -> str:
+    backend = make_url(url).get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")
+    return backend
+
+
+def is_sqlite(url: str) -> bool:
+    return _backend(url) == "sqlite"
+
+
+def is_postgres(url: str) -> bool:
+    return _backend(url) == "postgresql"
+
+
+def async_url(url: str) -> str:
+    """The URL with the async driver of its backend."""
+    return make_url(url).set(drivername=_ASYNC_DRIVERS[_backend(url)]).render_as_string(hide_password=False)
+
+
+def sync_url(url: str) -> str:
+    """The URL with the sync driver of its backend (migrations, CLI set-up)."""
+    return make_url(url).set(drivername=_SYNC_DRIVERS[_backend(url)]).render_as_string(hide_password=False)
+
+
+def apply_sqlite_pragmas(dbapi_connection, _record=None) -> None:
+    """WAL lets readers run beside the writer; FULL makes a commit durable on
+    power loss, not only on a crash; the busy timeout turns lock contention
+    between processes into waiting instead of errors."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str, **kwargs) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL and a busy timeout."""
+    engine = create_async_engine(async_url(url), **kwargs)
+    if is_sqlite(url):
+        event.listen(engine.sync_engine, "connect", apply_sqlite_pragmas)
+    return engine
+
+
+def create_sync_engine(url: str, **kwargs) -> Engine:
+    """A sync engine for ``url`` (migrations and one-shot commands)."""
+    from sqlalchemy import create_engine as _create
+
+    engine = _create(sync_url(url), **kwargs)
+    if is_sqlite(url):
+        event.listen(engine, "connect", apply_sqlite_pragmas)
+    return engine

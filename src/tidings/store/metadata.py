@@ -1,0 +1,14 @@
+"""The one MetaData that every table of tidings belongs to."""
+
+from sqlalchemy import MetaData
+
+# Named constraints make migrations reproducible on both engines.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
