@@ -1,0 +1,70 @@
+"""API keys (header ``x-APIKey``) and the organization a request acts for.
+
+An organization key acts for its own organization. A PROVIDER key manages
+several organizations and names one with the ``org_id`` query parameter.
+Only a SHA-256 of each key is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import APIKeyHeader
+from sqlalchemy import select
+
+from tidings.platform.api.context import PlatformContext, platform_context
+from tidings.store.platform_tables import api_keys, provider_organizations
+
+ORG_KEY = "org"
+PROVIDER_KEY = "provider"
+
+api_key_header = APIKeyHeader(name="x-APIKey", auto_error=False, description="An organization or PROVIDER API key")
+
+
+def new_api_key() -> str:
+    return "tdk_" + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class OrgContext:
+    """The organization a request acts for, and the key that proved it."""
+
+    org_id: int
+    api_key_id: int
+    key_kind: str
+
+
+async def org_context(
+    request: Request,
+    key: str | None = Depends(api_key_header),
+    org_id: int | None = Query(None, description="The organization, for a PROVIDER key", ge=1, le=2**62),
+    platform: PlatformContext = Depends(platform_context),
+) -> OrgContext:
+    if not key:
+        raise HTTPException(401, "missing x-APIKey header")
+    async with platform.engine.connect() as conn:
+        row = (await conn.execute(
+            select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id).where(api_keys.c.key_hash == hash_api_key(key))
+        )).first()
+        if row is None:
+            raise HTTPException(401, "unknown API key")
+        if row.kind == ORG_KEY:
+            if org_id is not None and org_id != row.org_id:
+                raise HTTPException(403, "this key belongs to another organization")
+            return OrgContext(org_id=row.org_id, api_key_id=row.id, key_kind=ORG_KEY)
+        if org_id is None:
+            raise HTTPException(400, "a PROVIDER key must name the organization with the org_id query parameter")
+        managed = (await conn.execute(
+            select(provider_organizations.c.org_id).where(
+                provider_organizations.c.api_key_id == row.id, provider_organizations.c.org_id == org_id)
+        )).first()
+        if managed is None:
+            raise HTTPException(403, "this PROVIDER key does not manage that organization")
+        return OrgContext(org_id=org_id, api_key_id=row.id, key_kind=PROVIDER_KEY)
