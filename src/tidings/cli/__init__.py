@@ -35,10 +35,11 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
+    except Exception as exc:
+        # Usage errors of the command-line parser (typer ships its own click).
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = exc.format_message().strip()
+            if message:  # empty when the help was shown for a bare group
+                print(f"error: {message}", file=sys.stderr)
             sys.exit(exc.exit_code)
         raise
