@@ -9,6 +9,7 @@ import orjson
 import typer
 
 from tidings.cli.errors import CliError
+from tidings.cli.signatures import sign_command, verify_command
 from tidings.contract import EVENT_TYPES, EventError, dump_event, event_json_schema, parse_event
 from tidings.contract.samples import SampleFactory
 
@@ -57,10 +58,5 @@ def schema_command(
     sys.stdout.buffer.write(orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-try:  # the signing commands live beside the signing module's own tests
-    from tidings.cli.signatures import sign_command, verify_command
-except ImportError:  # pragma: no cover - only while that module is being written
-    pass
-else:
-    app.command("sign", help="Print the signature headers of an event as a JSON object.")(sign_command)
-    app.command("verify", help="Check an event's signature headers; exit 0 when authentic.")(verify_command)
+app.command("sign", help="Print the signature headers of an event as a JSON object.")(sign_command)
+app.command("verify", help="Check an event's signature headers; exit 0 when authentic.")(verify_command)
