@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tidings.cli import events, keys
+from tidings.cli import events, keys, platform
 from tidings.cli.errors import CliError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(events.app, name="event")
+platform.mount(app)
 app.command("schema", help="Print the JSON Schema of an event type (all of them when none is given).")(
     events.schema_command
 )

@@ -1,0 +1,80 @@
+"""The platform's HTTP application: ``create_app(context)``.
+
+Its OpenAPI document (3.1) describes the ``/v2`` API and, in its ``webhooks``
+section, the two events a subscriber receives, generated from the contract's
+models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from tidings.contract import MessageCreated, MessageUpdated
+from tidings.platform.api import conversation_routes, webhook_routes
+from tidings.platform.api.context import PlatformContext
+from tidings.platform.partners import PartnerSimulator
+
+
+def validation_problem(exc: RequestValidationError) -> dict:
+    """One sentence per problem, each naming where it is: ``body.items.0.url: Field required``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    return {"detail": "; ".join(problems) or "the request is invalid",
+            "errors": [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")),
+                        "type": str(error.get("type", ""))} for error in exc.errors()]}
+
+
+def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> FastAPI:
+    """The ``/v2`` API over ``context``; ``partner_seed`` pins the simulated partners' answers."""
+    partners = PartnerSimulator(context.engine, context.signer, context.settings.partners, seed=partner_seed)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await partners.start()
+        try:
+            yield
+        finally:
+            await partners.stop()
+
+    app = FastAPI(
+        title="tidings",
+        version="2",
+        summary="Conversations, messages and the webhooks that announce them.",
+        description="Authenticate with the `x-APIKey` header. A PROVIDER key names the organization "
+                    "it acts for with the `org_id` query parameter.",
+        lifespan=lifespan,
+    )
+    app.state.platform = context
+    app.state.partners = partners
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_problem(exc), status_code=422)
+
+    app.include_router(webhook_routes.router)
+    app.include_router(conversation_routes.router)
+    if importlib.util.find_spec("tidings.platform.api.delivery_routes") is not None:
+        # Imported only when present, so that an error inside it is not hidden.
+        from tidings.platform.api.delivery_routes import router as delivery_router
+
+        app.include_router(delivery_router)
+
+    @app.webhooks.post("message_created")
+    def message_created(event: MessageCreated) -> None:
+        """A message was created: a consumer's message arrived (``Success``), or a
+        business user sent one (``Sending``). Answer any 2xx; signed with
+        Ed25519 (``X-Tidings-Signature-v1``) and Standard Webhooks headers."""
+
+    @app.webhooks.post("message_updated")
+    def message_updated(event: MessageUpdated) -> None:
+        """A field of a message changed (e.g. ``status`` ``Sending`` -> ``Success``
+        / ``Failed``); the payload holds its new state."""
+
+    return app

@@ -1,0 +1,238 @@
+"""``/v2/webhooks``: the organization's webhook configurations.
+
+Each rule is a pure function of ``tidings.platform.webhook_rules``; the
+target's address is checked by ``tidings.platform.targets``. A refusal is a
+4xx whose ``detail`` says why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.contract import EVENT_TYPES, format_iso_z, utcnow
+from tidings.contract.signing import generate_secret
+from tidings.platform.api.auth import OrgContext, org_context
+from tidings.platform.api.context import PlatformContext, platform_context
+from tidings.platform.api.models import (
+    LARGEST_ID,
+    CreatedWebhookConfig,
+    CreatedWebhookConfigs,
+    EventTypes,
+    Problem,
+    WebhookConfigOut,
+    WebhookConfigPage,
+    WebhookConfigsIn,
+    WebhookConfigUpdate,
+    WebhookSecret,
+)
+from tidings.platform.settings import PlatformSettings
+from tidings.platform.targets import TargetPolicy, TargetRefused, check_target_url
+from tidings.platform.webhook_rules import (
+    MAX_PER_PAGE,
+    WebhookRuleError,
+    check_custom_headers,
+    check_event_type,
+    check_one_per_event_type,
+    check_ordering,
+    check_url,
+    page_window,
+)
+from tidings.store.platform_tables import attempts, deliveries, delivery_sequences, webhook_configs
+
+router = APIRouter(prefix="/v2/webhooks", tags=["webhooks"], responses={
+    401: {"model": Problem, "description": "missing or unknown API key"},
+    403: {"model": Problem, "description": "the key may not act for that organization"},
+    422: {"model": Problem, "description": "a rule is broken; detail says which"},
+})
+
+WebhookId = Annotated[int, Path(ge=1, le=LARGEST_ID, description="The configuration's id")]
+
+
+def rule_refusal(error: WebhookRuleError) -> HTTPException:
+    return HTTPException(422, detail=f"{error.field}: {error.reason}")
+
+
+def check_target(url: str, settings: PlatformSettings) -> None:
+    """Refuses a URL that breaks the contract's rules or points at a private address."""
+    try:
+        check_url(url, allow_http=settings.delivery.allow_http)
+    except WebhookRuleError as error:
+        raise rule_refusal(error) from None
+    try:
+        check_target_url(url, TargetPolicy.from_settings(settings.delivery))
+    except TargetRefused as refused:
+        raise HTTPException(422, detail=f"url: the target is refused: {refused.reason}") from None
+
+
+def check_headers(headers: Mapping[str, str], settings: PlatformSettings) -> None:
+    try:
+        check_custom_headers(headers, settings.delivery.vendor_prefix)
+    except WebhookRuleError as error:
+        raise rule_refusal(error) from None
+
+
+def config_out(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "url": row.url, "event_type": row.event_type,
+        "created_at": format_iso_z(row.created_at), "updated_at": format_iso_z(row.updated_at),
+        "org_id": row.org_id, "custom_headers": dict(row.custom_headers or {}), "ordering": row.ordering,
+    }
+
+
+async def load_config(conn: AsyncConnection, org: OrgContext, webhook_id: int) -> Any:
+    row = (await conn.execute(select(webhook_configs).where(
+        webhook_configs.c.id == webhook_id, webhook_configs.c.org_id == org.org_id))).first()
+    if row is None:
+        raise HTTPException(404, detail=f"no webhook configuration {webhook_id} in this organization")
+    return row
+
+
+@router.post("", response_model=CreatedWebhookConfigs, summary="Create webhook configurations",
+             responses={409: {"model": Problem, "description": "one configuration per organization and event type"}})
+async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_context),
+                          platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
+    """Creates every item or none. Each configuration gets its own signing
+    secret (``whsec_...``), returned here and by ``GET /v2/webhooks/{id}/secret``."""
+    for item in body.items:
+        try:
+            check_event_type(item.event_type)
+            check_ordering(item.ordering)
+        except WebhookRuleError as error:
+            raise rule_refusal(error) from None
+        check_headers(item.custom_headers, platform.settings)
+        check_target(item.url, platform.settings)
+    now = utcnow()
+    try:
+        async with platform.engine.begin() as conn:
+            existing = dict((await conn.execute(
+                select(webhook_configs.c.event_type, webhook_configs.c.id).where(
+                    webhook_configs.c.org_id == org.org_id))).all())
+            try:
+                check_one_per_event_type(existing, [item.event_type for item in body.items])
+            except WebhookRuleError as error:
+                raise HTTPException(409, detail=f"{error.field}: {error.reason}") from None
+            created = []
+            for item in body.items:
+                row = (await conn.execute(insert(webhook_configs).values(
+                    org_id=org.org_id, url=item.url, event_type=item.event_type, custom_headers=item.custom_headers,
+                    ordering=item.ordering, secret=generate_secret(), created_at=now, updated_at=now,
+                ).returning(webhook_configs))).first()
+                created.append({**config_out(row), "secret": row.secret})
+    except IntegrityError:  # a concurrent request created the same event type first
+        raise HTTPException(409, detail="event_type: this organization already has a configuration for it") from None
+    return {"items": created}
+
+
+@router.get("", response_model=WebhookConfigPage, summary="List webhook configurations")
+async def list_webhooks(
+    page: int = Query(1, ge=1, le=2**31, description="Page number, from 1"),
+    per_page: int = Query(10, ge=1, le=MAX_PER_PAGE, description="Items per page, 1 to 100"),
+    org: OrgContext = Depends(org_context), platform: PlatformContext = Depends(platform_context),
+) -> dict[str, Any]:
+    async with platform.engine.connect() as conn:
+        count = (await conn.execute(select(func.count()).select_from(webhook_configs).where(
+            webhook_configs.c.org_id == org.org_id))).scalar_one()
+        try:
+            window = page_window(count, page, per_page)
+        except WebhookRuleError as error:
+            raise rule_refusal(error) from None
+        rows = (await conn.execute(select(webhook_configs).where(webhook_configs.c.org_id == org.org_id)
+                                   .order_by(webhook_configs.c.id).offset(window.offset).limit(per_page))).all()
+    return {"page": page, "max_page": window.max_page, "count": count, "items": [config_out(row) for row in rows]}
+
+
+@router.get("/events", response_model=EventTypes, summary="The event types that can be subscribed to")
+async def list_event_types(org: OrgContext = Depends(org_context)) -> dict[str, Any]:
+    return {"items": list(EVENT_TYPES)}
+
+
+@router.get("/{webhook_id}", response_model=WebhookConfigOut, summary="Get a webhook configuration",
+            responses={404: {"model": Problem}})
+async def get_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_context),
+                      platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
+    async with platform.engine.connect() as conn:
+        return config_out(await load_config(conn, org, webhook_id))
+
+
+@router.put("/{webhook_id}", response_model=WebhookConfigOut, summary="Change a webhook configuration",
+            responses={404: {"model": Problem}})
+async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: OrgContext = Depends(org_context),
+                         platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
+    """Changes ``url``, ``custom_headers`` and ``ordering``; fields left out keep their value."""
+    changes: dict[str, Any] = {}
+    if body.url is not None:
+        check_target(body.url, platform.settings)
+        changes["url"] = body.url
+    if body.custom_headers is not None:
+        check_headers(body.custom_headers, platform.settings)
+        changes["custom_headers"] = body.custom_headers
+    if body.ordering is not None:
+        try:
+            check_ordering(body.ordering)
+        except WebhookRuleError as error:
+            raise rule_refusal(error) from None
+        changes["ordering"] = body.ordering
+    async with platform.engine.begin() as conn:
+        await load_config(conn, org, webhook_id)
+        row = (await conn.execute(update(webhook_configs).where(
+            webhook_configs.c.id == webhook_id, webhook_configs.c.org_id == org.org_id)
+            .values(**changes, updated_at=utcnow()).returning(webhook_configs))).first()
+    return config_out(row)
+
+
+@router.delete("/{webhook_id}", status_code=204, response_class=Response, summary="Delete a webhook configuration",
+               responses={404: {"model": Problem}})
+async def delete_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_context),
+                         platform: PlatformContext = Depends(platform_context)) -> Response:
+    """Deletes the configuration and its delivery log: its pending deliveries are not sent."""
+    async with platform.engine.begin() as conn:
+        await load_config(conn, org, webhook_id)
+        its_deliveries = select(deliveries.c.id).where(deliveries.c.webhook_config_id == webhook_id)
+        await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(its_deliveries)))
+        await conn.execute(delete(deliveries).where(deliveries.c.webhook_config_id == webhook_id))
+        await conn.execute(delete(delivery_sequences).where(delivery_sequences.c.webhook_config_id == webhook_id))
+        await conn.execute(delete(webhook_configs).where(webhook_configs.c.id == webhook_id))
+    return Response(status_code=204)
+
+
+def secret_out(row: Any, now: float) -> dict[str, Any]:
+    expires = row.previous_secret_expires_at
+    if row.previous_secret is None or expires is None or expires <= now:
+        return {"secret": row.secret, "previous_secret": None, "previous_secret_expires_at": None}
+    return {"secret": row.secret, "previous_secret": row.previous_secret,
+            "previous_secret_expires_at": format_iso_z(datetime.fromtimestamp(expires, UTC))}
+
+
+@router.get("/{webhook_id}/secret", response_model=WebhookSecret, summary="The configuration's signing secret",
+            responses={404: {"model": Problem}})
+async def get_webhook_secret(webhook_id: WebhookId, org: OrgContext = Depends(org_context),
+                             platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
+    async with platform.engine.connect() as conn:
+        return secret_out(await load_config(conn, org, webhook_id), time.time())
+
+
+@router.post("/{webhook_id}/secret/rotate", response_model=WebhookSecret, summary="Rotate the signing secret",
+             responses={404: {"model": Problem}})
+async def rotate_webhook_secret(webhook_id: WebhookId, org: OrgContext = Depends(org_context),
+                                platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
+    """A new secret signs from now on; the old one keeps signing beside it
+    for ``secret_overlap`` seconds, so receivers can switch without a gap."""
+    now = time.time()
+    async with platform.engine.begin() as conn:
+        current = await load_config(conn, org, webhook_id)
+        row = (await conn.execute(update(webhook_configs).where(
+            webhook_configs.c.id == webhook_id, webhook_configs.c.secret == current.secret)
+            .values(secret=generate_secret(), previous_secret=current.secret,
+                    previous_secret_expires_at=now + platform.settings.secret_overlap, updated_at=utcnow())
+            .returning(webhook_configs))).first()
+        if row is None:
+            raise HTTPException(409, detail="the secret was rotated by another request meanwhile; try again")
+    return secret_out(row, now)

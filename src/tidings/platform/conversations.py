@@ -1,0 +1,580 @@
+"""Conversations and messages: ingestion from custom channels, business
+users' replies, status changes, and the contract events each one emits.
+
+Every write here runs in the caller's transaction and records its event
+there too (``tidings.platform.outbox.record_event``), so a change and its
+event commit together. Status changes are guarded in their ``WHERE``
+clause: a change that already happened is not made, nor emitted, twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.contract import (
+    Business,
+    Conversation,
+    ConversationCustomChannel,
+    ConversationStatus,
+    EventPayload,
+    Message,
+    MessageCreated,
+    MessageCustomChannel,
+    MessageStatus,
+    MessageUpdated,
+    MessagingPartner,
+    SenderType,
+    format_date,
+    utcnow,
+)
+from tidings.contract.samples import CUSTOM_PARTNER
+from tidings.contract.signing import Signer
+from tidings.platform.outbox import record_event
+from tidings.store.platform_tables import (
+    businesses,
+    conversations,
+    custom_channels,
+    events,
+    messages,
+    webhook_configs,
+)
+
+# A custom channel's conversations carry this partner name; the built-in
+# partners are the contract's known values (Facebook, Google, ...).
+CUSTOM_CHANNEL_PARTNER = CUSTOM_PARTNER
+BUILT_IN_PARTNERS = frozenset(MessagingPartner.known_values)
+INGESTED_SENDER_TYPES = (str(SenderType.USER), str(SenderType.CONSUMER))
+
+
+class MessagingError(Exception):
+    """A request about conversations that cannot be carried out; ``str()`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotFound(MessagingError):
+    """No such thing in the organization (another organization's is not found either)."""
+
+
+class Refused(MessagingError):
+    """The thing exists but its state forbids the request (a closed conversation, ...)."""
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def reply_refusal(*, conversation_status: str, issues: Sequence[str], partner: str,
+                  channel_is_readonly: bool | None) -> str | None:
+    """Why a business user cannot send in this conversation now, or ``None``."""
+    if conversation_status == ConversationStatus.CLOSED:
+        return "the conversation is Closed: no message can be sent in it"
+    if conversation_status != ConversationStatus.OPEN:
+        return f"the conversation's status is {conversation_status!r}: messages are sent only in Open conversations"
+    if issues:
+        return f"the conversation has set-up issues that block sending: {', '.join(map(str, issues))}"
+    if channel_is_readonly:
+        return "the conversation's custom channel is read-only: it only brings messages in"
+    if channel_is_readonly is None and partner not in BUILT_IN_PARTNERS:
+        return f"messages cannot be sent through the partner {partner!r}"
+    return None
+
+
+def retry_refusal(status: str, sender_type: str) -> str | None:
+    """Why a message cannot be re-sent, or ``None``."""
+    if sender_type != SenderType.USER:
+        return f"only a business user's message can be re-sent; this one's sender is {sender_type}"
+    if status != MessageStatus.FAILED:
+        return f"only a Failed message can be retried; this one is {status}"
+    return None
+
+
+def encode_cursor(last_id: int) -> str:
+    """An opaque cursor that resumes a listing after the row ``last_id``."""
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The row id a cursor resumes after; ``ValueError`` for one this API did not give."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("the cursor is not one this API gave (take next_cursor from the previous page)") from None
+    prefix, _, number = text.partition(":")
+    if prefix != "after" or not number.isdigit() or len(number) > 19:
+        raise ValueError("the cursor is not one this API gave (take next_cursor from the previous page)")
+    return int(number)
+
+
+# ---------------------------------------------------------------- rows -> contract models
+
+_last_message = messages.alias("last_message")
+
+
+def _prefixed(table, prefix: str) -> list:
+    return [column.label(prefix + column.name) for column in table.c]
+
+
+_CONVERSATION_COLUMNS = [
+    *conversations.c,
+    *_prefixed(businesses, "business__"),
+    *_prefixed(custom_channels, "channel__"),
+    *_prefixed(_last_message, "last__"),
+]
+
+
+def select_conversations() -> Select:
+    """Conversations with their business, channel and last message, in one row each."""
+    return select(*_CONVERSATION_COLUMNS).select_from(
+        conversations.join(businesses, businesses.c.id == conversations.c.business_id)
+        .outerjoin(custom_channels, custom_channels.c.id == conversations.c.custom_channel_id)
+        .outerjoin(_last_message, _last_message.c.id == conversations.c.last_message_id)
+    )
+
+
+def message_from_row(row: Mapping[str, Any], prefix: str = "") -> Message:
+    external_id = row[prefix + "external_message_id"]
+    return Message(
+        id=row[prefix + "id"],
+        conversation_id=row[prefix + "conversation_id"],
+        date=row[prefix + "date"],
+        content_type=row[prefix + "content_type"],
+        sender_type=row[prefix + "sender_type"],
+        sender_label=row[prefix + "sender_label"],
+        status=row[prefix + "status"],
+        is_deleted=row[prefix + "is_deleted"],
+        is_automated=row[prefix + "is_automated"],
+        content=row[prefix + "content"],
+        user_id=row[prefix + "user_id"],
+        custom_channel=None if external_id is None else MessageCustomChannel(external_message_id=external_id),
+    )
+
+
+def conversation_from_row(row: Mapping[str, Any], *, last_message: Message | None = None) -> Conversation:
+    """The contract's Conversation of a ``select_conversations()`` row.
+
+    ``last_message`` replaces the stored one (in ``message_created`` it is
+    the new message itself).
+    """
+    if last_message is None and row["last__id"] is not None:
+        last_message = message_from_row(row, "last__")
+    channel = None
+    if row["channel__id"] is not None:
+        channel = ConversationCustomChannel(
+            id=row["channel__id"], name=row["channel__name"], icon=row["channel__icon"],
+            is_readonly=row["channel__is_readonly"], external_conversation_id=row["external_conversation_id"] or "")
+    first_message_date: datetime = row["first_message_date"] or row["created_at"]
+    return Conversation(
+        id=row["id"],
+        consumer_img=row["consumer_img"],
+        consumer_name=row["consumer_name"],
+        consumer_phone_number=row["consumer_phone_number"],
+        consumer_email=row["consumer_email"],
+        last_message=last_message,
+        is_read=row["is_read"],
+        status=row["status"],
+        created_at=row["created_at"],
+        has_one_user_message=row["has_one_user_message"],
+        business=Business(
+            id=row["business__id"], name=row["business__name"], city=row["business__city"],
+            zipcode=row["business__zipcode"], country=row["business__country"],
+            formatted_address=row["business__formatted_address"]),
+        messaging_partner=row["messaging_partner"],
+        issues=list(row["issues"] or []),
+        first_message_date=format_date(first_message_date),
+        is_expired=row["is_expired"],
+        is_solved=row["is_solved"],
+        is_automated=row["is_automated"],
+        assigned_user_id=row["assigned_user_id"],
+        custom_channel=channel,
+    )
+
+
+async def load_conversation(conn: AsyncConnection, conversation_id: int, org_id: int | None = None) -> Mapping | None:
+    query = select_conversations().where(conversations.c.id == conversation_id)
+    if org_id is not None:
+        query = query.where(conversations.c.org_id == org_id)
+    row = (await conn.execute(query)).first()
+    return None if row is None else row._mapping
+
+
+async def emit(conn: AsyncConnection, signer: Signer, event_type: str, *, org_id: int, message: Message,
+               conversation: Conversation) -> int:
+    """Records ``message_created`` or ``message_updated`` for ``message``; returns the event id."""
+    model = MessageCreated if event_type == "message_created" else MessageUpdated
+    event = model(type=event_type, payload=EventPayload(message=message, conversation=conversation, org_id=org_id))
+    return await record_event(conn, org_id=org_id, event=event, signer=signer)
+
+
+# ---------------------------------------------------------------- ingestion
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message posted to ``POST /v2/custom-channels/{channel_id}/messages``."""
+
+    business_id: str
+    external_conversation_id: str
+    external_message_id: str
+    content: str
+    sender_type: str = "Consumer"
+    content_type: str = "Text"
+    consumer_name: str | None = None
+    consumer_img: str | None = None
+    sender_label: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    message_id: int
+    conversation_id: int
+    duplicate: bool
+
+
+def _insert_ignoring_conflict(conn: AsyncConnection, table, index_elements: list[str], values: dict):
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on either engine."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return (dialect.insert(table).values(**values)
+            .on_conflict_do_nothing(index_elements=index_elements).returning(table.c.id))
+
+
+async def ingest_custom_message(conn: AsyncConnection, signer: Signer, *, org_id: int, channel_id: str,
+                                incoming: IncomingMessage) -> IngestResult:
+    """Stores a custom channel's message and records its ``message_created``.
+
+    Messages with one ``external_conversation_id`` share a conversation,
+    created with the first; a second message with an ``external_message_id``
+    already ingested on the channel is a duplicate: nothing is stored or sent.
+    A handful of statements, whatever the number of webhooks.
+    """
+    if incoming.sender_type not in INGESTED_SENDER_TYPES:
+        raise MessagingError(f"sender_type must be User or Consumer, not {incoming.sender_type!r}")
+    known = (await conn.execute(
+        select(
+            custom_channels.c.name.label("channel_name"),
+            businesses.c.name.label("business_name"),
+            select(messages.c.id).where(
+                messages.c.custom_channel_id == channel_id,
+                messages.c.external_message_id == incoming.external_message_id,
+            ).scalar_subquery().label("duplicate_id"),
+            select(conversations.c.id).where(
+                conversations.c.custom_channel_id == channel_id,
+                conversations.c.external_conversation_id == incoming.external_conversation_id,
+            ).scalar_subquery().label("conversation_id"),
+        ).select_from(custom_channels.join(businesses, true()))  # two lookups by key, one row
+        .where(custom_channels.c.id == channel_id, custom_channels.c.org_id == org_id,
+                businesses.c.id == incoming.business_id, businesses.c.org_id == org_id)
+    )).first()
+    if known is None:
+        raise await _why_not_ingestible(conn, org_id, channel_id, incoming.business_id)
+    if known.duplicate_id is not None:
+        return await _duplicate(conn, known.duplicate_id)
+
+    now = utcnow()
+    conversation_id = known.conversation_id
+    if conversation_id is None:
+        conversation_id = await _create_custom_conversation(conn, org_id, channel_id, incoming, now)
+
+    is_user = incoming.sender_type == SenderType.USER
+    label = incoming.sender_label
+    if label is None:
+        label = known.business_name if is_user else (incoming.consumer_name or "")
+    message_id = (await conn.execute(_insert_ignoring_conflict(conn, messages, ["custom_channel_id", "external_message_id"], {
+        "conversation_id": conversation_id, "org_id": org_id, "date": now,
+        "content_type": incoming.content_type, "sender_type": incoming.sender_type, "sender_label": label,
+        "status": str(MessageStatus.SUCCESS), "is_deleted": False, "is_automated": False,
+        "content": incoming.content, "user_id": None, "custom_channel_id": channel_id,
+        "external_message_id": incoming.external_message_id,
+    }))).scalar()
+    if message_id is None:  # the same message, ingested concurrently by another request
+        duplicate_id = (await conn.execute(select(messages.c.id).where(
+            messages.c.custom_channel_id == channel_id,
+            messages.c.external_message_id == incoming.external_message_id))).scalar_one()
+        return await _duplicate(conn, duplicate_id)
+
+    changes: dict[str, Any] = {
+        "last_message_id": message_id,
+        "first_message_date": func.coalesce(conversations.c.first_message_date, now),
+        "is_read": is_user,
+    }
+    if is_user:
+        changes["has_one_user_message"] = True
+    if incoming.consumer_name is not None:
+        changes["consumer_name"] = incoming.consumer_name
+    if incoming.consumer_img is not None:
+        changes["consumer_img"] = incoming.consumer_img
+    await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
+    row = await load_conversation(conn, conversation_id)
+    if row["business_id"] != incoming.business_id:
+        raise Refused(
+            f"conversation {incoming.external_conversation_id!r} of this channel belongs to business "
+            f"{row['business_id']}, not {incoming.business_id}")
+    message = message_from_row(row, "last__")
+    await emit(conn, signer, "message_created", org_id=org_id, message=message,
+               conversation=conversation_from_row(row, last_message=message))
+    return IngestResult(message_id=message_id, conversation_id=conversation_id, duplicate=False)
+
+
+async def _create_custom_conversation(conn: AsyncConnection, org_id: int, channel_id: str,
+                                      incoming: IncomingMessage, now: datetime) -> int:
+    created = (await conn.execute(_insert_ignoring_conflict(
+        conn, conversations, ["custom_channel_id", "external_conversation_id"], {
+            "org_id": org_id, "business_id": incoming.business_id, "messaging_partner": CUSTOM_CHANNEL_PARTNER,
+            "custom_channel_id": channel_id, "external_conversation_id": incoming.external_conversation_id,
+            "consumer_name": incoming.consumer_name, "consumer_img": incoming.consumer_img,
+            "is_read": False, "status": str(ConversationStatus.OPEN), "issues": [], "created_at": now,
+            "first_message_date": now, "has_one_user_message": False, "is_expired": False,
+            "is_solved": False, "is_automated": False,
+        }))).scalar()
+    if created is not None:
+        return created
+    # Created meanwhile by a concurrent request: join it.
+    return (await conn.execute(select(conversations.c.id).where(
+        conversations.c.custom_channel_id == channel_id,
+        conversations.c.external_conversation_id == incoming.external_conversation_id))).scalar_one()
+
+
+async def _duplicate(conn: AsyncConnection, message_id: int) -> IngestResult:
+    conversation_id = (await conn.execute(
+        select(messages.c.conversation_id).where(messages.c.id == message_id))).scalar_one()
+    return IngestResult(message_id=message_id, conversation_id=conversation_id, duplicate=True)
+
+
+async def _why_not_ingestible(conn: AsyncConnection, org_id: int, channel_id: str, business_id: str) -> MessagingError:
+    channel_org = (await conn.execute(
+        select(custom_channels.c.org_id).where(custom_channels.c.id == channel_id))).scalar()
+    if channel_org != org_id:  # another organization's channel is not found either
+        return NotFound(f"no custom channel {channel_id!r} in this organization")
+    business_org = (await conn.execute(select(businesses.c.org_id).where(businesses.c.id == business_id))).scalar()
+    if business_org != org_id:
+        return MessagingError(f"no business {business_id!r} in this organization")
+    return MessagingError("the message cannot be ingested")  # pragma: no cover - both exist and match
+
+
+# ---------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True)
+class SentReply:
+    """A reply on its way: ``partner`` is set when a simulated built-in partner carries it."""
+
+    message: Message
+    partner: str | None
+
+
+def user_id_of_key(api_key_id: int) -> str:
+    """The 24-hex business-user id a reply sent with API key ``api_key_id`` carries."""
+    return f"{api_key_id:024x}"
+
+
+async def send_reply(conn: AsyncConnection, signer: Signer, *, org_id: int, conversation_id: int, content: str,
+                     content_type: str, sender_label: str, user_id: str | None) -> SentReply:
+    """A business user's message, created ``Sending``, with its ``message_created``.
+
+    On a bidirectional custom channel the reply leaves through the
+    organization's ``message_created`` webhook (``on_delivery_final`` settles
+    it); on a built-in partner the caller hands it to the simulated partner.
+    """
+    row = await load_conversation(conn, conversation_id, org_id)
+    if row is None:
+        raise NotFound(f"no conversation {conversation_id} in this organization")
+    await _check_can_send(conn, org_id, row)
+    now = utcnow()
+    is_custom = row["channel__id"] is not None
+    message_id = (await conn.execute(insert(messages).values(
+        conversation_id=conversation_id, org_id=org_id, date=now, content_type=content_type,
+        sender_type=str(SenderType.USER), sender_label=sender_label, status=str(MessageStatus.SENDING),
+        is_deleted=False, is_automated=False, content=content, user_id=user_id,
+        custom_channel_id=row["channel__id"],
+        # The channel's integration can use it to recognise a reply it has already passed on.
+        external_message_id=("reply_" + secrets.token_hex(12)) if is_custom else None,
+    ).returning(messages.c.id))).scalar_one()
+    await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
+        last_message_id=message_id, has_one_user_message=True, is_read=True))
+    row = await load_conversation(conn, conversation_id)
+    message = message_from_row(row, "last__")
+    await emit(conn, signer, "message_created", org_id=org_id, message=message,
+               conversation=conversation_from_row(row, last_message=message))
+    return SentReply(message=message, partner=None if is_custom else row["messaging_partner"])
+
+
+async def _check_can_send(conn: AsyncConnection, org_id: int, row: Mapping) -> None:
+    refusal = reply_refusal(
+        conversation_status=row["status"], issues=row["issues"] or [], partner=row["messaging_partner"],
+        channel_is_readonly=row["channel__is_readonly"] if row["channel__id"] is not None else None)
+    if refusal:
+        raise Refused(refusal)
+    if row["channel__id"] is not None:
+        carrier = (await conn.execute(select(webhook_configs.c.id).where(
+            webhook_configs.c.org_id == org_id, webhook_configs.c.event_type == "message_created"))).first()
+        if carrier is None:
+            raise Refused("replies on a custom channel leave through the organization's message_created webhook, "
+                          "and this organization has none: create one with POST /v2/webhooks")
+
+
+async def retry_reply(conn: AsyncConnection, signer: Signer, *, org_id: int, message_id: int) -> SentReply:
+    """Re-sends a ``Failed`` reply: ``Sending`` again, with its ``message_updated``.
+
+    On a custom channel the message also leaves again: a new
+    ``message_created`` of the message (now ``Sending``) goes to the
+    organization's webhook, and its delivery settles the status as the first
+    one did. Receivers recognise it by the message id.
+    """
+    found = (await conn.execute(select(messages.c.conversation_id, messages.c.status, messages.c.sender_type).where(
+        messages.c.id == message_id, messages.c.org_id == org_id))).first()
+    if found is None:
+        raise NotFound(f"no message {message_id} in this organization")
+    refusal = retry_refusal(found.status, found.sender_type)
+    if refusal:
+        raise Refused(refusal)
+    row = await load_conversation(conn, found.conversation_id)
+    await _check_can_send(conn, org_id, row)
+    message = await change_message_status(conn, signer, message_id, from_status=MessageStatus.FAILED,
+                                          to_status=MessageStatus.SENDING)
+    if message is None:
+        raise Refused("the message is no longer Failed; it is being retried already")
+    if row["channel__id"] is not None:
+        row = await load_conversation(conn, found.conversation_id)
+        await emit(conn, signer, "message_created", org_id=org_id, message=message,
+                   conversation=conversation_from_row(row))
+        return SentReply(message=message, partner=None)
+    return SentReply(message=message, partner=row["messaging_partner"])
+
+
+# ---------------------------------------------------------------- status changes
+
+
+async def change_message_status(conn: AsyncConnection, signer: Signer, message_id: int, *, from_status: str,
+                                to_status: str) -> Message | None:
+    """Moves a message from ``from_status`` to ``to_status`` and records
+    ``message_updated``; ``None`` (and no event) when it was not in
+    ``from_status``, so a repeated call changes and emits nothing."""
+    changed = (await conn.execute(
+        update(messages).where(messages.c.id == message_id, messages.c.status == str(from_status))
+        .values(status=str(to_status)).returning(messages.c.conversation_id, messages.c.org_id)
+    )).first()
+    if changed is None:
+        return None
+    message_row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()._mapping
+    message = message_from_row(message_row)
+    row = await load_conversation(conn, changed.conversation_id)
+    await emit(conn, signer, "message_updated", org_id=changed.org_id, message=message,
+               conversation=conversation_from_row(row))
+    return message
+
+
+def _field(row: Any, name: str) -> Any:
+    mapping = getattr(row, "_mapping", row)
+    return mapping[name] if isinstance(mapping, Mapping) else getattr(row, name)
+
+
+async def on_delivery_final(conn: AsyncConnection, delivery_row: Any, delivered: bool, *, signer: Signer) -> None:
+    """Called by the dispatcher inside the transaction that records a
+    delivery's final outcome.
+
+    When the delivery carried the ``message_created`` of a business user's
+    reply still ``Sending`` on a bidirectional custom channel, the webhook was
+    the way out: the reply becomes ``Success`` (delivered) or ``Failed``.
+    Guarded on ``Sending``, so a second call for the same delivery does nothing.
+    """
+    if _field(delivery_row, "is_tryout"):
+        return
+    carried = (await conn.execute(
+        select(messages.c.id).select_from(
+            events.join(messages, messages.c.id == events.c.message_id)
+            .join(custom_channels, custom_channels.c.id == messages.c.custom_channel_id))
+        .where(events.c.id == _field(delivery_row, "event_id"), events.c.event_type == "message_created",
+               messages.c.sender_type == str(SenderType.USER), messages.c.status == str(MessageStatus.SENDING),
+               custom_channels.c.is_readonly.is_(False))
+    )).scalar()
+    if carried is None:
+        return
+    await change_message_status(conn, signer, carried, from_status=MessageStatus.SENDING,
+                                to_status=MessageStatus.SUCCESS if delivered else MessageStatus.FAILED)
+
+
+def delivery_final_callback(signer: Signer):
+    """``on_delivery_final`` bound to the platform's signer: ``await callback(conn, delivery_row, delivered)``."""
+
+    async def callback(conn: AsyncConnection, delivery_row: Any, delivered: bool) -> None:
+        await on_delivery_final(conn, delivery_row, delivered, signer=signer)
+
+    return callback
+
+
+async def settle_partner_reply(conn: AsyncConnection, signer: Signer, message_id: int, accepted: bool) -> Message | None:
+    """A simulated built-in partner's answer: the ``Sending`` reply becomes
+    ``Success`` or ``Failed`` (once)."""
+    on_partner = (await conn.execute(select(messages.c.id).where(
+        messages.c.id == message_id, messages.c.custom_channel_id.is_(None)))).first()
+    if on_partner is None:
+        return None
+    return await change_message_status(conn, signer, message_id, from_status=MessageStatus.SENDING,
+                                       to_status=MessageStatus.SUCCESS if accepted else MessageStatus.FAILED)
+
+
+# ---------------------------------------------------------------- built-in partners' conversations
+
+
+async def receive_partner_message(conn: AsyncConnection, signer: Signer, *, org_id: int, business_id: str,
+                                  partner: str, content: str, consumer_name: str | None = None,
+                                  consumer_phone_number: str | None = None, consumer_email: str | None = None,
+                                  consumer_img: str | None = None, conversation_id: int | None = None,
+                                  status: str = "Open", issues: Sequence[str] = ()) -> tuple[int, int]:
+    """A consumer's message arriving from a built-in partner (Facebook, SMS, ...),
+    in a new conversation or in ``conversation_id``; returns ``(conversation_id, message_id)``.
+
+    The partners cannot be reached from here: the demo and the tests use this
+    to have conversations to reply in.
+    """
+    if partner not in BUILT_IN_PARTNERS:
+        raise MessagingError(f"{partner!r} is not a built-in partner; one of: {', '.join(sorted(BUILT_IN_PARTNERS))}")
+    now = utcnow()
+    if conversation_id is not None:
+        owner = (await conn.execute(select(conversations.c.org_id).where(
+            conversations.c.id == conversation_id, conversations.c.messaging_partner == partner))).scalar()
+        if owner != org_id:
+            raise NotFound(f"no {partner} conversation {conversation_id} in this organization")
+    else:
+        owner = (await conn.execute(select(businesses.c.org_id).where(businesses.c.id == business_id))).scalar()
+        if owner != org_id:
+            raise NotFound(f"no business {business_id!r} in this organization")
+        conversation_id = (await conn.execute(insert(conversations).values(
+            org_id=org_id, business_id=business_id, messaging_partner=partner, consumer_name=consumer_name,
+            consumer_phone_number=consumer_phone_number, consumer_email=consumer_email, consumer_img=consumer_img,
+            is_read=False, status=status, issues=list(issues), created_at=now, first_message_date=now,
+            has_one_user_message=False, is_expired=False, is_solved=False, is_automated=False,
+        ).returning(conversations.c.id))).scalar_one()
+    message_id = (await conn.execute(insert(messages).values(
+        conversation_id=conversation_id, org_id=org_id, date=now, content_type="Text",
+        sender_type=str(SenderType.CONSUMER), sender_label=consumer_name or "", status=str(MessageStatus.SUCCESS),
+        is_deleted=False, is_automated=False, content=content, user_id=None,
+    ).returning(messages.c.id))).scalar_one()
+    await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
+        last_message_id=message_id, is_read=False))
+    row = await load_conversation(conn, conversation_id)
+    message = message_from_row(row, "last__")
+    await emit(conn, signer, "message_created", org_id=org_id, message=message,
+               conversation=conversation_from_row(row, last_message=message))
+    return conversation_id, message_id
+
+
+async def pending_partner_replies(conn: AsyncConnection, limit: int = 10_000) -> list[int]:
+    """Replies still ``Sending`` through a built-in partner (to resume after a restart)."""
+    return list((await conn.execute(
+        select(messages.c.id).where(
+            and_(messages.c.status == str(MessageStatus.SENDING), messages.c.sender_type == str(SenderType.USER),
+                 messages.c.custom_channel_id.is_(None)))
+        .order_by(messages.c.id).limit(limit)
+    )).scalars())
