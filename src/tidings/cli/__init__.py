@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tidings.cli import events, keys, platform
+from tidings.cli import events, keys, platform, simulate
 from tidings.cli.errors import CliError
 
 app = typer.Typer(
@@ -19,6 +19,9 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(events.app, name="event")
 platform.mount(app)
+app.command("simulate", help="Send simulated traffic to a running platform, with a progress bar.")(
+    simulate.simulate_command
+)
 app.command("schema", help="Print the JSON Schema of an event type (all of them when none is given).")(
     events.schema_command
 )
