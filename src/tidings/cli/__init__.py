@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tidings.cli import events, keys, platform, simulate
+from tidings.cli import events, keys, platform, receiver, simulate
 from tidings.cli.errors import CliError
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(events.app, name="event")
+app.add_typer(receiver.app, name="receiver")
+app.command("receive")(receiver.receive_command)
 platform.mount(app)
 app.command("simulate", help="Send simulated traffic to a running platform, with a progress bar.")(
     simulate.simulate_command

@@ -1,0 +1,269 @@
+"""The inbox, projected from the event log: conversations and their messages.
+
+The projector reads the log after its cursor, merges each message event into
+the inbox with the rules of ``inbox_rules`` and moves the cursor, all in one
+transaction: a crash replays a batch, and replaying is harmless because
+merging is idempotent. It runs after the acknowledgement, never in the
+request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tidings.contract import (
+    ContentType,
+    ConversationStatus,
+    EventError,
+    MessageCreated,
+    MessageStatus,
+    MessageUpdated,
+    MessagingPartner,
+    SenderType,
+    parse_event,
+)
+from tidings.receiver.inbox_rules import MessageState, conversation_wins, merge_message
+from tidings.receiver.log import EventLog, StoredEvent
+from tidings.store.receiver_tables import (
+    receiver_cursors,
+    receiver_inbox_conversations,
+    receiver_inbox_messages,
+)
+
+INBOX_CURSOR = "inbox"
+
+# Open enums of the contract, by the field that carries them.
+_MESSAGE_ENUMS = {"content_type": ContentType, "sender_type": SenderType, "status": MessageStatus}
+_CONVERSATION_ENUMS = {"status": ConversationStatus, "messaging_partner": MessagingPartner}
+
+
+def unknown_values(document: dict[str, Any], enums: dict[str, type]) -> list[str]:
+    """The fields of ``document`` whose enum value this version does not know."""
+    return [
+        field
+        for field, enum in enums.items()
+        if isinstance(document.get(field), str) and document[field] not in enum.known_values
+    ]
+
+
+# ---------------------------------------------------------------- cursors
+
+
+def read_cursor(conn: Connection, name: str) -> int:
+    position = conn.execute(select(receiver_cursors.c.position).where(receiver_cursors.c.name == name)).scalar()
+    return position or 0
+
+
+def write_cursor(conn: Connection, name: str, position: int) -> None:
+    _upsert(conn, receiver_cursors, [{"name": name, "position": position}], key="name")
+
+
+def _upsert(conn: Connection, table, rows: list[dict], key: str = "id") -> None:
+    if not rows:
+        return
+    insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[key], set_={name: statement.excluded[name] for name in rows[0] if name != key}
+    )
+    conn.execute(statement, rows)
+
+
+# ---------------------------------------------------------------- projecting
+
+
+class InboxProjector:
+    """Moves the inbox forward along the log, one batch per transaction."""
+
+    def __init__(self, log: EventLog, batch_size: int = 500) -> None:
+        self.log = log
+        self.batch_size = batch_size
+
+    def step(self, conn: Connection) -> int:
+        """Project the next batch in the caller's write transaction; the number of events read."""
+        position = read_cursor(conn, INBOX_CURSOR)
+        events = self.log.events_after(position, self.batch_size, conn)
+        if not events:
+            return 0
+        project(conn, events)
+        write_cursor(conn, INBOX_CURSOR, events[-1].id)
+        return len(events)
+
+    def catch_up(self) -> int:
+        """Project everything in the log now (tests, one-shot commands)."""
+        total = 0
+        while True:
+            with self.log.transaction() as conn:
+                count = self.step(conn)
+            if not count:
+                return total
+            total += count
+
+
+def project(conn: Connection, events: Sequence[StoredEvent]) -> None:
+    """Merge the message events of ``events`` into the inbox."""
+    messages: dict[int, tuple[MessageState, int, int]] = {}  # id -> state, conversation id, event id
+    conversations: dict[int, tuple[dict, int, int | None]] = {}  # id -> snapshot, event id, org id
+    for stored in events:
+        try:
+            event = parse_event(stored.body)
+        except EventError:
+            continue  # in the log by an older parser's judgement; nothing to show
+        if not isinstance(event, (MessageCreated, MessageUpdated)):
+            continue  # an event type this version does not know: kept in the log only
+        message = event.payload.message.model_dump(mode="json")
+        conversation = event.payload.conversation.model_dump(mode="json")
+        incoming = MessageState.from_event(event.type, message)
+        previous = messages.get(message["id"])
+        merged = merge_message(previous[0] if previous else None, incoming)
+        winner_event = stored.id if merged.snapshot is incoming.snapshot else previous[2]
+        messages[message["id"]] = (merged, message["conversation_id"], winner_event)
+        held = conversations.get(conversation["id"])
+        if held is None or conversation_wins(held[0], held[1], conversation, stored.id):
+            conversations[conversation["id"]] = (conversation, stored.id, event.payload.org_id)
+    _merge_messages(conn, messages)
+    _merge_conversations(conn, conversations)
+
+
+def _merge_messages(conn: Connection, batch: dict[int, tuple[MessageState, int, int]]) -> None:
+    table = receiver_inbox_messages
+    stored = {
+        row.id: row
+        for row in conn.execute(select(table).where(table.c.id.in_(list(batch)))).all()
+    } if batch else {}
+    rows = []
+    for message_id, (state, conversation_id, event_id) in batch.items():
+        row = stored.get(message_id)
+        if row is not None:
+            held = MessageState(row.snapshot, row.snapshot_event_type, row.is_deleted)
+            merged = merge_message(held, state)
+            if merged.snapshot is held.snapshot:
+                event_id = row.event_id
+            state = merged
+        rows.append(
+            {
+                "id": message_id,
+                "conversation_id": conversation_id,
+                "date": str(state.snapshot.get("date", "")),
+                "status": state.status,
+                "is_deleted": state.is_deleted,
+                "snapshot_event_type": state.event_type,
+                "event_id": event_id,
+                "snapshot": state.snapshot,
+            }
+        )
+    _upsert(conn, table, rows)
+
+
+def _merge_conversations(conn: Connection, batch: dict[int, tuple[dict, int, int | None]]) -> None:
+    table = receiver_inbox_conversations
+    stored = {
+        row.id: row
+        for row in conn.execute(select(table).where(table.c.id.in_(list(batch)))).all()
+    } if batch else {}
+    rows = []
+    for conversation_id, (snapshot, event_id, org_id) in batch.items():
+        row = stored.get(conversation_id)
+        if row is not None and not conversation_wins(row.snapshot, row.event_id, snapshot, event_id):
+            continue
+        rows.append({"id": conversation_id, "org_id": org_id, "event_id": event_id, "snapshot": snapshot})
+    _upsert(conn, table, rows)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def message_view(row) -> dict[str, Any]:
+    """A message as the inbox shows it: its fields, the merged status and deletion, what is unknown."""
+    view = dict(row.snapshot)
+    view["status"] = row.status
+    view["is_deleted"] = row.is_deleted
+    view["unknown_values"] = unknown_values(view, _MESSAGE_ENUMS)
+    return view
+
+
+def conversation_view(row, last_message, message_count: int) -> dict[str, Any]:
+    view = {key: value for key, value in row.snapshot.items() if key != "last_message"}
+    view["org_id"] = row.org_id
+    view["last_message"] = message_view(last_message) if last_message is not None else row.snapshot.get("last_message")
+    view["message_count"] = message_count
+    view["unknown_values"] = unknown_values(view, _CONVERSATION_ENUMS)
+    return view
+
+
+def list_conversations(conn: Connection, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """Conversations, the one with the newest message first, each with its last message."""
+    messages = receiver_inbox_messages
+    conversations = receiver_inbox_conversations
+    newest = (
+        select(messages.c.conversation_id, func.max(messages.c.date).label("newest"), func.count().label("count"))
+        .group_by(messages.c.conversation_id)
+        .subquery()
+    )
+    query = (
+        select(conversations, newest.c.newest, newest.c.count)
+        .outerjoin(newest, newest.c.conversation_id == conversations.c.id)
+        .order_by(newest.c.newest.desc().nulls_last(), conversations.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = conn.execute(query).all()
+    last_messages = _last_messages(conn, [(row.id, row.newest) for row in rows if row.newest is not None])
+    return [conversation_view(row, last_messages.get(row.id), row.count or 0) for row in rows]
+
+
+def _last_messages(conn: Connection, wanted: Iterable[tuple[int, str]]) -> dict[int, Any]:
+    wanted = list(wanted)
+    if not wanted:
+        return {}
+    table = receiver_inbox_messages
+    rows = conn.execute(
+        select(table).where(table.c.conversation_id.in_([cid for cid, _ in wanted])).where(
+            table.c.date.in_([date for _, date in wanted])
+        )
+    ).all()
+    newest = dict(wanted)
+    found: dict[int, Any] = {}
+    for row in rows:
+        if newest.get(row.conversation_id) == row.date:
+            current = found.get(row.conversation_id)
+            if current is None or row.id > current.id:
+                found[row.conversation_id] = row
+    return found
+
+
+def get_conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(receiver_inbox_conversations).where(receiver_inbox_conversations.c.id == conversation_id)
+    ).first()
+    if row is None:
+        return None
+    messages = list_messages(conn, conversation_id)
+    last = conn.execute(
+        select(receiver_inbox_messages)
+        .where(receiver_inbox_messages.c.conversation_id == conversation_id)
+        .order_by(receiver_inbox_messages.c.date.desc(), receiver_inbox_messages.c.id.desc())
+        .limit(1)
+    ).first()
+    return conversation_view(row, last, len(messages))
+
+
+def list_messages(conn: Connection, conversation_id: int, limit: int = 500) -> list[dict[str, Any]]:
+    """The messages of one conversation, oldest first."""
+    table = receiver_inbox_messages
+    rows = conn.execute(
+        select(table)
+        .where(table.c.conversation_id == conversation_id)
+        .order_by(table.c.date, table.c.id)
+        .limit(limit)
+    ).all()
+    return [message_view(row) for row in rows]
+
+
+def get_message(conn: Connection, message_id: int) -> dict[str, Any] | None:
+    row = conn.execute(select(receiver_inbox_messages).where(receiver_inbox_messages.c.id == message_id)).first()
+    return message_view(row) if row is not None else None

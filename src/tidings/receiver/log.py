@@ -1,0 +1,231 @@
+"""The durable event log and the quarantine: every SQL statement that touches them.
+
+The log is written by one writer per process (``GroupCommitter``), in batches,
+with ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` so that a retry of a
+stored delivery is a no-op on both engines. Log positions (``id``) are handed
+out in commit order: SQLite has one writer at a time anyway, and on
+PostgreSQL each batch takes a transaction-level advisory lock, so that a
+reader paging with ``id > after`` never skips an event committed late with a
+smaller id, even with several receiver processes on one database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from tidings.store.engine import create_sync_engine, is_sqlite
+from tidings.store.receiver_tables import create_receiver_schema, receiver_events, receiver_quarantine
+
+EVENT = "event"
+QUARANTINE = "quarantine"
+
+# Any constant: the key of the lock that orders the writers of one database.
+_APPEND_LOCK_KEY = 0x7469_6469_6E67  # "tiding"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One authentic request, ready to be stored: in the log, or in the quarantine."""
+
+    kind: str  # EVENT or QUARANTINE
+    dedupe_key: str
+    body: bytes
+    scheme: str
+    webhook_id: str | None
+    received_at: float
+    event_type: str = ""
+    message_id: int | None = None
+    conversation_id: int | None = None
+    error: str = ""  # why a quarantined body does not parse
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    dedupe_key: str
+    event_type: str
+    webhook_id: str | None
+    scheme: str
+    received_at: float
+    message_id: int | None
+    conversation_id: int | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedBody:
+    id: int
+    dedupe_key: str
+    webhook_id: str | None
+    scheme: str
+    received_at: float
+    error: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ReprocessOutcome:
+    moved: list[int]  # quarantine ids now in the log
+    still_failing: dict[int, str]  # quarantine id -> why it still does not parse
+
+
+def create_log_engine(url: str, **kwargs) -> Engine:
+    """A sync engine whose SQLite transactions take the write lock at ``BEGIN``.
+
+    A deferred SQLite transaction that reads and then writes fails at once
+    (``SQLITE_BUSY``, no busy wait) when another connection committed in
+    between; ``BEGIN IMMEDIATE`` waits for the lock instead.
+    """
+    engine = create_sync_engine(url, **kwargs)
+    if is_sqlite(url):
+
+        @event.listens_for(engine, "connect")
+        def _manual_transactions(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _insert_ignoring_duplicates(table, dialect_name: str):
+    insert = sqlite.insert if dialect_name == "sqlite" else postgresql.insert
+    return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+
+
+class EventLog:
+    """The receiver's store: the event log and the quarantine, on SQLite or PostgreSQL."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or create_log_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._insert_event = _insert_ignoring_duplicates(receiver_events, self.engine.dialect.name)
+        self._insert_quarantined = _insert_ignoring_duplicates(receiver_quarantine, self.engine.dialect.name)
+
+    def create_schema(self) -> None:
+        create_receiver_schema(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- writing
+
+    def transaction(self):
+        """A write transaction (``with log.transaction() as conn: ...``)."""
+        return self.engine.begin()
+
+    def lock_appends(self, conn: Connection) -> None:
+        """Serialise appends across processes so that positions commit in order (PostgreSQL)."""
+        if not self.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+
+    def append(self, conn: Connection, records: Sequence[Record]) -> None:
+        """Store ``records`` in the caller's transaction; duplicates of stored ones are skipped."""
+        events = [_event_row(r) for r in records if r.kind == EVENT]
+        quarantined = [_quarantine_row(r) for r in records if r.kind == QUARANTINE]
+        self.lock_appends(conn)
+        if events:
+            conn.execute(self._insert_event, events)
+        if quarantined:
+            conn.execute(self._insert_quarantined, quarantined)
+
+    # ---------------------------------------------------------------- reading
+
+    def events_after(self, after: int = 0, limit: int = 100, conn: Connection | None = None) -> list[StoredEvent]:
+        query = (
+            select(receiver_events).where(receiver_events.c.id > after).order_by(receiver_events.c.id).limit(limit)
+        )
+        return [StoredEvent(**row._mapping) for row in self._read(query, conn)]
+
+    def events_by_id(self, ids: Iterable[int], conn: Connection | None = None) -> dict[int, StoredEvent]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = self._read(select(receiver_events).where(receiver_events.c.id.in_(wanted)), conn)
+        return {row.id: StoredEvent(**row._mapping) for row in rows}
+
+    def count_events(self) -> int:
+        return self._read(select(func.count()).select_from(receiver_events))[0][0]
+
+    def last_position(self, conn: Connection | None = None) -> int:
+        return self._read(select(func.coalesce(func.max(receiver_events.c.id), 0)), conn)[0][0]
+
+    def stored_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` are in the log (a check for tests and operators)."""
+        wanted = list(keys)
+        found: set[str] = set()
+        column = receiver_events.c.dedupe_key
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            found.update(row[0] for row in self._read(select(column).where(column.in_(chunk))))
+        return found
+
+    def quarantined(self, limit: int = 100, conn: Connection | None = None) -> list[QuarantinedBody]:
+        query = select(receiver_quarantine).order_by(receiver_quarantine.c.id).limit(limit)
+        return [QuarantinedBody(**row._mapping) for row in self._read(query, conn)]
+
+    def _read(self, query, conn: Connection | None = None):
+        if conn is not None:
+            return conn.execute(query).all()
+        with self.engine.connect() as own:
+            return own.execute(query).all()
+
+    # ---------------------------------------------------------------- quarantine
+
+    def reprocess_quarantine(
+        self, classify: Callable[[QuarantinedBody], Record], ids: Iterable[int] | None = None
+    ) -> ReprocessOutcome:
+        """Parse quarantined bodies again; those that parse now move into the log.
+
+        ``classify`` turns a quarantined body into a ``Record`` with the parser
+        in use now (an upgraded contract, a fixed sender): an ``EVENT`` record
+        is appended to the log and its quarantine row deleted, in one
+        transaction; a ``QUARANTINE`` record stays, with its new error.
+        """
+        wanted = None if ids is None else set(ids)
+        moved: list[int] = []
+        failing: dict[int, str] = {}
+        with self.transaction() as conn:
+            for body in self.quarantined(limit=1_000_000, conn=conn):
+                if wanted is not None and body.id not in wanted:
+                    continue
+                record = classify(body)
+                if record.kind != EVENT:
+                    failing[body.id] = record.error
+                    continue
+                self.append(conn, [record])
+                conn.execute(delete(receiver_quarantine).where(receiver_quarantine.c.id == body.id))
+                moved.append(body.id)
+        return ReprocessOutcome(moved, failing)
+
+
+def _event_row(record: Record) -> dict:
+    return {
+        "dedupe_key": record.dedupe_key,
+        "event_type": record.event_type,
+        "webhook_id": record.webhook_id,
+        "scheme": record.scheme,
+        "received_at": record.received_at,
+        "message_id": record.message_id,
+        "conversation_id": record.conversation_id,
+        "body": record.body,
+    }
+
+
+def _quarantine_row(record: Record) -> dict:
+    return {
+        "dedupe_key": record.dedupe_key,
+        "webhook_id": record.webhook_id,
+        "scheme": record.scheme,
+        "received_at": record.received_at,
+        "error": record.error,
+        "body": record.body,
+    }

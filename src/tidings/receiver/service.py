@@ -1,0 +1,200 @@
+"""The receiver as a service: the webhook endpoint, the read API, and the
+background work (inbox projection, handlers) that follows the log.
+
+``tidings receive`` builds a ``ReceiverConfig`` and calls ``run_service``.
+With ``workers > 1`` each worker process serves requests with its own
+writer (SQLite serialises them, PostgreSQL takes an advisory lock per
+batch), and one of them, the holder of the ``BackgroundLease``, runs the
+background work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from tidings.contract.signing import Verifier, load_public_key
+from tidings.receiver.asgi import ReceiverApp
+from tidings.receiver.builtin_handlers import append_jsonl, forward_to, run_command
+from tidings.receiver.core import Receiver
+from tidings.receiver.handler_runner import HandlerRunner
+from tidings.receiver.handlers import EventFilter, Handlers, load_handlers
+from tidings.receiver.inbox import InboxProjector
+from tidings.receiver.lease import BackgroundLease
+from tidings.receiver.log import EventLog
+from tidings.receiver.read_api import read_router
+
+logger = logging.getLogger("tidings.receiver")
+
+CONFIG_ENV = "TIDINGS_RECEIVER_CONFIG"
+
+
+@dataclass
+class ReceiverConfig:
+    db_url: str
+    public_keys: list[str] = field(default_factory=list)  # PEM or whpk_ texts
+    signing_secrets: list[str] = field(default_factory=list)  # whsec_ secrets, for the HMAC scheme v1
+    path: str = "/webhook"
+    url_secret: str | None = None
+    strict: bool = False
+    tolerance_seconds: int = 300
+    max_wait: float = 2.0
+    handler_specs: list[str] = field(default_factory=list)  # module:function or module:registry
+    forward_urls: list[str] = field(default_factory=list)
+    jsonl_paths: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    on_types: list[str] = field(default_factory=list)  # filter for plain functions and built-ins
+    where: list[str] = field(default_factory=list)  # field=value conditions, likewise
+    max_tries: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    poll_interval: float = 0.5
+    workers: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ReceiverConfig:
+        return cls(**json.loads(text))
+
+    def verifier(self) -> Verifier:
+        return Verifier(
+            public_keys=[load_public_key(key) for key in self.public_keys],
+            secrets=list(self.signing_secrets),
+            tolerance_seconds=self.tolerance_seconds,
+        )
+
+    def handlers(self) -> Handlers:
+        """The handlers named by the configuration: modules, then built-ins."""
+        default_filter = EventFilter.parse(self.on_types, self.where)
+        registry = Handlers()
+        for spec in self.handler_specs:
+            registry.extend(load_handlers(spec, default_filter))
+        for url in self.forward_urls:
+            registry.add(forward_to(url), name=f"forward:{url}", filter=default_filter, max_tries=self.max_tries)
+        for path in self.jsonl_paths:
+            registry.add(append_jsonl(path), name=f"jsonl:{path}", filter=default_filter, max_tries=self.max_tries)
+        for command in self.commands:
+            registry.add(run_command(command), name=f"command:{command}", filter=default_filter, max_tries=self.max_tries)
+        return registry
+
+
+class ReceiverService:
+    """Everything ``tidings receive`` runs in one process, as one ASGI app (``.app``)."""
+
+    def __init__(self, config: ReceiverConfig, handlers: Handlers | None = None) -> None:
+        self.config = config
+        self.log = EventLog(config.db_url)
+        self.log.create_schema()
+        self.receiver = Receiver(
+            self.log,
+            config.verifier(),
+            url_secret=config.url_secret,
+            strict=config.strict,
+            max_wait=config.max_wait,
+            create_schema=False,
+        )
+        self.handlers = config.handlers()
+        if handlers is not None:
+            self.handlers.extend(handlers)
+        self.projector = InboxProjector(self.log)
+        self.runner = HandlerRunner(
+            self.log, self.handlers, self._write, backoff_base=config.backoff_base, backoff_cap=config.backoff_cap
+        )
+        self.lease = BackgroundLease(config.db_url)
+        self._wake: asyncio.Event | None = None
+        self._background: asyncio.Task | None = None
+        api = FastAPI(title="tidings receiver", lifespan=self._lifespan, docs_url=None, redoc_url=None)
+        api.include_router(read_router(self.log))
+        self.app = ReceiverApp(self.receiver, config.path, fallback=api)
+
+    async def _write(self, function):
+        return await asyncio.wrap_future(self.receiver.committer.run(function))
+
+    @asynccontextmanager
+    async def _lifespan(self, _app):
+        self.receiver.start()
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        wake = self._wake
+        self.receiver.committer.add_commit_listener(lambda _count: loop.call_soon_threadsafe(wake.set))
+        self._background = asyncio.create_task(self._follow_log(), name="tidings-receiver-background")
+        try:
+            yield
+        finally:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            await asyncio.to_thread(self.receiver.close)
+            self.lease.release()
+            self.log.dispose()
+
+    async def _follow_log(self) -> None:
+        """Project the inbox and run the handlers, forever, in the lease holder only."""
+        while True:
+            try:
+                if not self.lease.held and not await asyncio.to_thread(self.lease.try_acquire):
+                    await asyncio.sleep(2.0)
+                    continue
+                work = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("background work failed; trying again shortly")
+                await asyncio.sleep(1.0)
+                continue
+            if work:
+                if time.monotonic() - self.receiver.committer.last_commit_at < 0.05:
+                    # Requests are coming in: their commits go first, the inbox may lag a little.
+                    await asyncio.sleep(0.05)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+
+    async def step(self) -> int:
+        """One round of background work: a batch of projection, then the handlers' due work."""
+        projected = await self._write(self.projector.step)
+        return projected + await self.runner.step()
+
+
+def create_app():
+    """The ASGI app of one worker process (``uvicorn --factory``), configured by the environment."""
+    _die_with_parent()
+    return ReceiverService(ReceiverConfig.from_json(os.environ[CONFIG_ENV])).app
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its supervisor dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the supervisor's shutdown still stops workers
+        pass
+
+
+def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 8000, handlers: Handlers | None = None) -> None:
+    """Serve until interrupted. uvloop and httptools are used when installed (uvicorn[standard])."""
+    import uvicorn
+
+    options = dict(host=host, port=port, loop="auto", http="auto", access_log=False, log_level="warning")
+    if config.workers <= 1:
+        uvicorn.run(ReceiverService(config, handlers).app, **options)
+        return
+    if handlers is not None:
+        raise ValueError("handlers given as objects need workers=1; name them as module:function instead")
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run("tidings.receiver.service:create_app", factory=True, workers=config.workers, **options)

@@ -1,0 +1,120 @@
+"""The receiver's tables: the durable event log, the quarantine, the inbox
+projected from the log, and the handlers' bookkeeping.
+
+Times are float Unix seconds: written on the hot path, compared by the
+handler runner, identical on both engines.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Engine
+
+from tidings.store.metadata import metadata
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid; PostgreSQL gets 64 bits.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# The log: every authentic event, raw bytes as received, in commit order.
+# ``id`` is the log position that readers page by (``GET /events?after=ID``).
+receiver_events = Table(
+    "receiver_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # "id:<webhook-id>" or "sha256:<hex of the body>" (tidings.receiver.rules.dedupe_key)
+    Column("dedupe_key", String(300), nullable=False, unique=True),
+    Column("event_type", String(200), nullable=False),
+    Column("webhook_id", String(300), nullable=True),
+    Column("scheme", String(16), nullable=False),  # the signature scheme that verified it
+    Column("received_at", Float, nullable=False),
+    Column("message_id", BigInteger, nullable=True),
+    Column("conversation_id", BigInteger, nullable=True),
+    Column("body", LargeBinary, nullable=False),
+)
+
+# Authentic bodies that do not parse under the contract; kept to be re-processed.
+receiver_quarantine = Table(
+    "receiver_quarantine",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(300), nullable=False, unique=True),
+    Column("webhook_id", String(300), nullable=True),
+    Column("scheme", String(16), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+# How far each reader of the log has come: the projector, each handler.
+receiver_cursors = Table(
+    "receiver_cursors",
+    metadata,
+    Column("name", String(300), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+
+# The inbox: one row per conversation and per message, merged from the log.
+receiver_inbox_conversations = Table(
+    "receiver_inbox_conversations",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("org_id", BigInteger, nullable=True),
+    Column("event_id", BigInteger, nullable=False),  # the log event the snapshot comes from
+    Column("snapshot", JSON, nullable=False),  # the conversation as of that event, unknown fields kept
+)
+
+receiver_inbox_messages = Table(
+    "receiver_inbox_messages",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("conversation_id", BigInteger, nullable=False),
+    Column("date", String(64), nullable=False),  # the contract's spelling; sorts as time in UTC
+    Column("status", String(200), nullable=False),
+    Column("is_deleted", Boolean, nullable=False),  # sticks once true, whatever the snapshot says
+    Column("snapshot_event_type", String(200), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("snapshot", JSON, nullable=False),  # the winning message snapshot, unknown fields kept
+    Index("ix_receiver_inbox_messages_conversation", "conversation_id", "date"),
+)
+
+# Handler runs that failed: retried with backoff until they succeed or are dead.
+receiver_handler_failures = Table(
+    "receiver_handler_failures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("handler", String(300), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("dead_at", Float, nullable=True),  # set when the tries are used up: the dead-letter list
+    UniqueConstraint("handler", "event_id", name="uq_receiver_handler_failures_handler_event"),
+    Index("ix_receiver_handler_failures_due", "handler", "dead_at", "next_attempt_at"),
+)
+
+RECEIVER_TABLES = (
+    receiver_events,
+    receiver_quarantine,
+    receiver_cursors,
+    receiver_inbox_conversations,
+    receiver_inbox_messages,
+    receiver_handler_failures,
+)
+
+
+def create_receiver_schema(sync_engine: Engine) -> None:
+    """Create the receiver's tables that do not exist yet (until migrations take over)."""
+    metadata.create_all(sync_engine, tables=list(RECEIVER_TABLES))

@@ -1,0 +1,94 @@
+"""What the receiver's tests share: keys, signed requests, servers on loopback.
+
+No tests here; the other ``test_receiver*`` modules import from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import uvicorn
+
+from tidings.contract.signing import Signer, Verifier, generate_private_key, public_key_pem
+
+
+class Keys:
+    """A sender's key pair: sign bodies, verify them, hand out the public PEM."""
+
+    def __init__(self) -> None:
+        self.private_key = generate_private_key()
+        self.signer = Signer(self.private_key)
+        self.public_pem = public_key_pem(self.private_key.public_key()).decode()
+
+    def verifier(self, **kwargs) -> Verifier:
+        return Verifier(public_keys=[self.private_key.public_key()], **kwargs)
+
+    def headers(self, body: bytes, msg_id: str | None = None, timestamp: int | None = None) -> dict[str, str]:
+        """All signature headers, as the platform sends them."""
+        return {"content-type": "application/json", **self.signer.sign(body, msg_id=msg_id or f"msg_{uuid.uuid4().hex}", timestamp=timestamp)}
+
+    def vendor_headers(self, body: bytes) -> dict[str, str]:
+        """Only the vendor header, as the seed's platform sends it: no webhook-id."""
+        return {"content-type": "application/json", self.signer.vendor_header: self.signer.vendor_signature(body)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a thread, with its lifespan."""
+
+    def __init__(self, app, lifespan: str = "on") -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``condition`` until it is truthy; its value, or an AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.post(url, content=body, headers=headers or {})
+
+
+@contextlib.contextmanager
+def client(base_url: str):
+    with httpx.Client(base_url=base_url, timeout=10) as session:
+        yield session
