@@ -83,6 +83,7 @@ def snapshot_precedence(snapshot: dict[str, Any], event_type: str) -> tuple[Any,
         snapshot.get("is_deleted") is True,
         event_type == MESSAGE_UPDATED,
         orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS),
+        event_type,  # the same snapshot from two event types: still a total order
     )
 
 
