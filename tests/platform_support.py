@@ -149,3 +149,26 @@ async def serve(app, *, timeout: float = 10.0):
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, *, timeout: float = 10.0):
+    """Serves ``app`` with uvicorn on 127.0.0.1 in a thread of its own (for
+    synchronous callers); yields the base URL."""
+    import threading
+    import time
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

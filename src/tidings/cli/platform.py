@@ -16,7 +16,6 @@ import typer
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from tidings.cli.errors import CliError
-from tidings.platform import tenants
 from tidings.store import DEFAULT_DB_URL
 
 T = TypeVar("T")
@@ -39,12 +38,20 @@ def mount(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
 
 
+def tenants():
+    """The set-up functions, imported when a command runs (they pull in the web stack)."""
+    from tidings.platform import tenants as module
+
+    return module
+
+
 def print_json(document: dict[str, Any]) -> None:
     typer.echo(json.dumps(document))
 
 
 def in_transaction(db: str, work: Callable[[Any], Awaitable[T]]) -> T:
     """Runs ``work(conn)`` in one transaction on ``db``; expected failures become one line."""
+    from tidings.platform.tenants import TenantError
     from tidings.store import create_engine
 
     async def run() -> T:
@@ -60,7 +67,7 @@ def in_transaction(db: str, work: Callable[[Any], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except tenants.TenantError as exc:
+    except TenantError as exc:
         raise CliError(str(exc)) from None
     except (OperationalError, ProgrammingError) as exc:
         text = str(exc.orig).lower()
@@ -73,7 +80,7 @@ def in_transaction(db: str, work: Callable[[Any], Awaitable[T]]) -> T:
 
 @org_app.command("create", help="Create an organization; prints its id and its admin API key (shown once).")
 def org_create(name: str = typer.Argument(..., help="the organization's name"), db: str = DbOption) -> None:
-    org_id, key = in_transaction(db, lambda conn: tenants.create_organization(conn, name))
+    org_id, key = in_transaction(db, lambda conn: tenants().create_organization(conn, name))
     print_json({"org_id": org_id, "api_key": key})
 
 
@@ -94,7 +101,7 @@ def provider_create(
     db: str = DbOption,
 ) -> None:
     org_ids = parse_org_ids(orgs)
-    key = in_transaction(db, lambda conn: tenants.create_provider_key(conn, name, org_ids))
+    key = in_transaction(db, lambda conn: tenants().create_provider_key(conn, name, org_ids))
     print_json({"api_key": key})
 
 
@@ -108,7 +115,7 @@ def business_create(
     address: str = typer.Option("", "--address", help="the formatted address"),
     db: str = DbOption,
 ) -> None:
-    business_id = in_transaction(db, lambda conn: tenants.create_business(
+    business_id = in_transaction(db, lambda conn: tenants().create_business(
         conn, org, name, city=city, zipcode=zipcode, country=country, formatted_address=address))
     print_json({"business_id": business_id})
 
@@ -121,7 +128,7 @@ def channel_create(
     readonly: bool = typer.Option(False, "--readonly", help="the channel only brings messages in"),
     db: str = DbOption,
 ) -> None:
-    channel_id = in_transaction(db, lambda conn: tenants.create_custom_channel(
+    channel_id = in_transaction(db, lambda conn: tenants().create_custom_channel(
         conn, org, name, icon=icon, is_readonly=readonly))
     print_json({"channel_id": channel_id})
 
