@@ -1,0 +1,443 @@
+"""Every SQL statement of the delivery log, named and described.
+
+A delivery moves through these states::
+
+    pending --claim--> delivering --finish--> delivered | failed
+       ^                   |
+       +----reschedule-----+   (a retry, or handed back unsent)
+       +----reap stalled---+   (its worker stopped beating)
+    held <--pause / resume--> pending   (the configuration is paused)
+    delivered | failed --resend / recover--> pending (or held while paused)
+
+Rules every statement here keeps:
+
+- The claim is one statement per engine, and its filter matches the partial
+  index ``ix_deliveries_due`` (``status = 'pending'``, ordered by
+  ``next_attempt_at``). The status is written as a literal, not a bound
+  parameter, so that SQLite and PostgreSQL's generic plans can use that index.
+- Every status change names the status it expects in its ``WHERE`` clause (and
+  for ``delivering``, the worker that holds it). Zero rows updated means that
+  someone else owns the row now: callers handle it and never overwrite.
+- Stalled work is found by worker heartbeat (table ``workers``), never by age.
+
+Writes that follow one claimed batch are batched too (``executemany``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from sqlalchemy import JSON, TypeDecorator, and_, bindparam, delete, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.platform.outbox import HELD, PENDING
+from tidings.store.platform_tables import attempts, deliveries, events, webhook_configs, workers
+
+__all__ = [
+    "DELIVERED", "DELIVERING", "FAILED", "FINAL_STATUSES", "HELD", "PENDING", "STATUSES",
+    "AttemptRow", "ResultRow", "ReleaseRow",
+]
+
+DELIVERING = "delivering"
+DELIVERED = "delivered"
+FAILED = "failed"
+FINAL_STATUSES = (DELIVERED, FAILED)
+STATUSES = (PENDING, HELD, DELIVERING, DELIVERED, FAILED)
+
+
+def _status_is(status: str):
+    """``deliveries.status = '<status>'`` with the value inline (see the module's rules)."""
+    assert status in STATUSES
+    return deliveries.c.status == literal_column(f"'{status}'")
+
+
+def _held_by(worker_id: str):
+    return and_(_status_is(DELIVERING), deliveries.c.worker_id == worker_id)
+
+CLAIMED_COLUMNS = (
+    deliveries.c.id, deliveries.c.event_id, deliveries.c.webhook_config_id, deliveries.c.org_id,
+    deliveries.c.webhook_id, deliveries.c.signature, deliveries.c.conversation_id, deliveries.c.sequence,
+    deliveries.c.attempt_count, deliveries.c.is_tryout,
+)
+
+
+# ---------------------------------------------------------------- the dispatcher's statements
+
+
+async def claim_due(conn: AsyncConnection, *, worker_id: str, now: float, limit: int, postgres: bool) -> list[Row]:
+    """Claim: up to ``limit`` due deliveries, oldest due first, become ``delivering`` by ``worker_id``.
+
+    One statement per engine. PostgreSQL::
+
+        WITH due AS MATERIALIZED (SELECT id ... FOR UPDATE SKIP LOCKED LIMIT n)
+        UPDATE deliveries ... FROM due WHERE deliveries.id = due.id RETURNING ...
+
+    so that concurrent workers take different rows without waiting for each
+    other. The candidates are a materialized CTE rather than ``id IN (SELECT
+    ...)``: PostgreSQL may run an ``IN`` subquery more than once (measured
+    here: a claim of 1 took 2 rows), which would claim past the limit.
+    SQLite has no SKIP LOCKED and needs none: ``UPDATE ... WHERE id IN
+    (SELECT ... LIMIT n) RETURNING ...`` runs in a write transaction, and
+    SQLite runs those one at a time.
+    """
+    due = (select(deliveries.c.id)
+           .where(_status_is(PENDING), deliveries.c.next_attempt_at <= now)
+           .order_by(deliveries.c.next_attempt_at)
+           .limit(limit))
+    if postgres:
+        candidates = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        claim = (update(deliveries)
+                 .where(deliveries.c.id == candidates.c.id, _status_is(PENDING))
+                 .values(status=DELIVERING, worker_id=worker_id)
+                 .returning(*CLAIMED_COLUMNS))
+    else:
+        claim = (update(deliveries)
+                 .where(deliveries.c.id.in_(due.scalar_subquery()), _status_is(PENDING))
+                 .values(status=DELIVERING, worker_id=worker_id)
+                 .returning(*CLAIMED_COLUMNS))
+    return list((await conn.execute(claim)).all())
+
+
+async def load_bodies(conn: AsyncConnection, event_ids: Sequence[int]) -> dict[int, bytes]:
+    """The frozen bodies of events, by event id."""
+    rows = await conn.execute(select(events.c.id, events.c.body).where(events.c.id.in_(list(set(event_ids)))))
+    return {row.id: row.body for row in rows}
+
+
+async def load_configurations(conn: AsyncConnection, config_ids: Sequence[int]) -> dict[int, Row]:
+    """What sending needs of configurations, as they are now (URL, secrets,
+    custom headers, paused), by id: read once per claimed batch."""
+    rows = await conn.execute(
+        select(webhook_configs.c.id, webhook_configs.c.url, webhook_configs.c.secret,
+               webhook_configs.c.previous_secret, webhook_configs.c.previous_secret_expires_at,
+               webhook_configs.c.custom_headers, webhook_configs.c.paused)
+        .where(webhook_configs.c.id.in_(list(set(config_ids)))))
+    return {row.id: row for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One attempt as recorded in ``attempts``."""
+
+    delivery_id: int
+    number: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    response_excerpt: str | None
+    error: str | None
+    request_headers: Mapping[str, str]
+    worker_id: str | None
+
+
+class _JSONText(TypeDecorator):
+    """A JSON column written from JSON text made beforehand (by orjson): the
+    JSON type's own serializer, json.dumps, cost more than the rest of the row."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect):
+        return None
+
+
+_record_attempt = insert(attempts).values(request_headers=bindparam("b_headers", type_=_JSONText()))
+
+
+async def record_attempts(conn: AsyncConnection, rows: Sequence[AttemptRow]) -> None:
+    """Record attempts (one ``executemany``). Attempts are facts: they are
+    recorded even for a delivery whose lease was lost meanwhile."""
+    if rows:
+        await conn.execute(_record_attempt, [
+            {"delivery_id": r.delivery_id, "number": r.number, "started_at": r.started_at,
+             "duration_ms": r.duration_ms, "status_code": r.status_code, "response_excerpt": r.response_excerpt,
+             "error": r.error, "b_headers": orjson.dumps(r.request_headers).decode(), "worker_id": r.worker_id}
+            for r in rows])
+
+
+async def still_held(conn: AsyncConnection, *, worker_id: str, delivery_ids: Sequence[int], postgres: bool) -> set[int]:
+    """Which of ``delivery_ids`` are still ``delivering`` by ``worker_id``; on
+    PostgreSQL they stay locked until the transaction ends, so that the
+    guarded updates that follow cannot miss. (On SQLite the transaction
+    already holds the write lock: call this after a write.)"""
+    if not delivery_ids:
+        return set()
+    query = select(deliveries.c.id).where(deliveries.c.id.in_(list(delivery_ids)), _held_by(worker_id))
+    if postgres:
+        query = query.with_for_update()
+    return set((await conn.execute(query)).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """The state an attempt leaves its delivery in: ``pending`` again (a
+    retry, at ``next_attempt_at``), ``delivered`` or ``failed``."""
+
+    delivery_id: int
+    status: str
+    attempt_count: int
+    next_attempt_at: float
+    last_status_code: int | None
+    last_error: str | None
+    finished_at: datetime | None
+
+
+_apply_result = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"), _status_is(DELIVERING),
+           deliveries.c.worker_id == bindparam("b_worker"))
+    .values(status=bindparam("b_status"), attempt_count=bindparam("b_attempt_count"),
+            next_attempt_at=bindparam("b_next"), last_status_code=bindparam("b_code"),
+            last_error=bindparam("b_error"), finished_at=bindparam("b_finished"), worker_id=None)
+)
+
+
+async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow]) -> None:
+    """Finish or reschedule deliveries after their attempts (one ``executemany``),
+    each guarded by ``delivering`` and ``worker_id``. Call ``still_held`` first,
+    in the same transaction, and pass only the rows it returned."""
+    if rows:
+        await conn.execute(_apply_result, [
+            {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
+             "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
+             "b_error": r.last_error, "b_finished": r.finished_at}
+            for r in rows])
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    """A claimed delivery handed back unsent: ``pending`` at ``next_attempt_at``
+    (its endpoint is saturated), or ``held`` (its configuration was paused)."""
+
+    delivery_id: int
+    status: str
+    next_attempt_at: float
+
+
+_release = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"), _status_is(DELIVERING),
+           deliveries.c.worker_id == bindparam("b_worker"))
+    .values(status=bindparam("b_status"), next_attempt_at=bindparam("b_next"), worker_id=None)
+)
+
+
+async def release(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ReleaseRow]) -> None:
+    """Hand claimed deliveries back without an attempt (one ``executemany``).
+    A row no longer held by ``worker_id`` is left alone: its new owner decides."""
+    if rows:
+        await conn.execute(_release, [
+            {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status, "b_next": r.next_attempt_at}
+            for r in rows])
+
+
+async def next_due_at(conn: AsyncConnection) -> float | None:
+    """When the earliest pending delivery falls due (read from ``ix_deliveries_due``)."""
+    return (await conn.execute(select(func.min(deliveries.c.next_attempt_at)).where(_status_is(PENDING)))).scalar()
+
+
+async def any_pending(conn: AsyncConnection) -> bool:
+    return bool((await conn.execute(select(exists().where(_status_is(PENDING))))).scalar())
+
+
+# ---------------------------------------------------------------- workers and stalled work
+
+
+async def register_worker(conn: AsyncConnection, *, worker_id: str, hostname: str, pid: int, now: float) -> None:
+    """A worker says it exists; a worker id that is already known is taken over."""
+    taken_over = await conn.execute(
+        update(workers).where(workers.c.id == worker_id)
+        .values(hostname=hostname, pid=pid, started_at=now, heartbeat_at=now))
+    if taken_over.rowcount == 0:
+        await conn.execute(insert(workers).values(id=worker_id, hostname=hostname, pid=pid, started_at=now,
+                                                  heartbeat_at=now))
+
+
+async def heartbeat(conn: AsyncConnection, *, worker_id: str, now: float) -> bool:
+    """Heartbeat: ``False`` when the worker's row is gone, i.e. it was declared dead
+    and its deliveries were handed back; it must register again."""
+    beat = await conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now))
+    return beat.rowcount == 1
+
+
+async def reap_stalled(conn: AsyncConnection, *, now: float, stale_after: float) -> int:
+    """Reap stalled work: workers whose heartbeat is older than ``stale_after``
+    are deleted and their ``delivering`` deliveries go back to ``pending``.
+
+    The ``DELETE ... RETURNING`` comes first, so that on PostgreSQL a worker
+    that beats at that moment either beats first (and is not reaped) or finds
+    its row gone (and knows it was). Returns how many deliveries went back.
+    """
+    dead = list((await conn.execute(
+        delete(workers).where(workers.c.heartbeat_at < now - stale_after).returning(workers.c.id))).scalars())
+    if not dead:
+        return 0
+    handed_back = await conn.execute(
+        update(deliveries).where(_status_is(DELIVERING), deliveries.c.worker_id.in_(dead))
+        .values(status=PENDING, worker_id=None))
+    return handed_back.rowcount
+
+
+async def reap_orphans(conn: AsyncConnection) -> int:
+    """``delivering`` deliveries whose worker is not registered at all go back
+    to ``pending`` (a safety net run when a worker starts; it scans the table)."""
+    orphaned = await conn.execute(
+        update(deliveries)
+        .where(_status_is(DELIVERING),
+               or_(deliveries.c.worker_id.is_(None), deliveries.c.worker_id.not_in(select(workers.c.id))))
+        .values(status=PENDING, worker_id=None))
+    return orphaned.rowcount
+
+
+async def hand_back_held_by(conn: AsyncConnection, *, worker_id: str) -> int:
+    """Every delivery ``worker_id`` holds goes back to ``pending``, due as it was."""
+    handed_back = await conn.execute(
+        update(deliveries).where(_held_by(worker_id)).values(status=PENDING, worker_id=None))
+    return handed_back.rowcount
+
+
+async def unregister_worker(conn: AsyncConnection, *, worker_id: str) -> int:
+    """A worker stopping cleanly hands back what it still holds and leaves."""
+    handed_back = await hand_back_held_by(conn, worker_id=worker_id)
+    await conn.execute(delete(workers).where(workers.c.id == worker_id))
+    return handed_back
+
+
+# ---------------------------------------------------------------- configurations
+
+
+async def pause_configuration(conn: AsyncConnection, *, config_id: int, reason: str, now: datetime) -> int | None:
+    """Pause: the configuration stops sending; its ``pending`` deliveries become ``held``.
+
+    Returns how many were held, or ``None`` if it was already paused (or does
+    not exist). Deliveries being sent at this moment finish; the dispatcher
+    holds any it claims afterwards, since it reads ``paused`` after claiming.
+    """
+    paused = await conn.execute(
+        update(webhook_configs).where(webhook_configs.c.id == config_id, webhook_configs.c.paused.is_(False))
+        .values(paused=True, paused_reason=reason[:500], updated_at=now))
+    if paused.rowcount == 0:
+        return None
+    held = await conn.execute(
+        update(deliveries).where(deliveries.c.webhook_config_id == config_id, _status_is(PENDING))
+        .values(status=HELD))
+    return held.rowcount
+
+
+async def resume_configuration(conn: AsyncConnection, *, config_id: int, now: float, updated_at: datetime) -> int | None:
+    """Resume: the configuration sends again; its ``held`` deliveries are due now.
+
+    Returns how many were released, or ``None`` if it was not paused.
+    """
+    resumed = await conn.execute(
+        update(webhook_configs).where(webhook_configs.c.id == config_id, webhook_configs.c.paused.is_(True))
+        .values(paused=False, paused_reason=None, updated_at=updated_at))
+    if resumed.rowcount == 0:
+        return None
+    released = await conn.execute(
+        update(deliveries).where(deliveries.c.webhook_config_id == config_id, _status_is(HELD))
+        .values(status=PENDING, next_attempt_at=now))
+    return released.rowcount
+
+
+# ---------------------------------------------------------------- the operator's statements
+
+
+def _requeued(paused: bool, now: float) -> dict:
+    # A re-sent delivery starts a new series of attempts, with a full retry budget.
+    return {"status": HELD if paused else PENDING, "next_attempt_at": now, "attempt_count": 0,
+            "finished_at": None, "worker_id": None}
+
+
+async def configuration_paused(conn: AsyncConnection, config_id: int) -> bool | None:
+    return (await conn.execute(select(webhook_configs.c.paused).where(webhook_configs.c.id == config_id))).scalar()
+
+
+async def resend(conn: AsyncConnection, *, delivery_id: int, paused: bool, now: float) -> bool:
+    """Resend: a finished delivery (``delivered`` or ``failed``) is queued again,
+    same body, same signature, same ``webhook-id``. ``False`` if it is not finished."""
+    requeued = await conn.execute(
+        update(deliveries).where(deliveries.c.id == delivery_id, deliveries.c.status.in_(FINAL_STATUSES))
+        .values(**_requeued(paused, now)))
+    return requeued.rowcount == 1
+
+
+async def recover(conn: AsyncConnection, *, config_id: int, since: datetime, paused: bool, now: float) -> int:
+    """Recover: every ``failed`` delivery of a configuration created since ``since`` is queued again."""
+    recovered = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.webhook_config_id == config_id, _status_is(FAILED), deliveries.c.created_at >= since)
+        .values(**_requeued(paused, now)))
+    return recovered.rowcount
+
+
+DELIVERY_COLUMNS = (
+    deliveries.c.id, deliveries.c.event_id, deliveries.c.webhook_config_id, deliveries.c.org_id,
+    deliveries.c.webhook_id, deliveries.c.status, deliveries.c.attempt_count, deliveries.c.next_attempt_at,
+    deliveries.c.last_status_code, deliveries.c.last_error, deliveries.c.is_tryout, deliveries.c.conversation_id,
+    deliveries.c.sequence, deliveries.c.created_at, deliveries.c.finished_at,
+)
+
+
+def _deliveries_of(config_id: int, status: str | None):
+    where = [deliveries.c.webhook_config_id == config_id]
+    if status is not None:
+        where.append(deliveries.c.status == status)
+    return where
+
+
+async def count_deliveries(conn: AsyncConnection, *, config_id: int, status: str | None = None) -> int:
+    return (await conn.execute(
+        select(func.count()).select_from(deliveries).where(*_deliveries_of(config_id, status)))).scalar_one()
+
+
+async def list_deliveries(conn: AsyncConnection, *, config_id: int, status: str | None = None,
+                          offset: int = 0, limit: int = 50) -> list[Row]:
+    """Deliveries of a configuration, newest first (served by ``ix_deliveries_config_status_id``)."""
+    return list((await conn.execute(
+        select(*DELIVERY_COLUMNS, events.c.event_type)
+        .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
+        .where(*_deliveries_of(config_id, status))
+        .order_by(deliveries.c.id.desc()).offset(offset).limit(limit))).all())
+
+
+async def get_delivery(conn: AsyncConnection, *, delivery_id: int, org_id: int) -> Row | None:
+    return (await conn.execute(
+        select(*DELIVERY_COLUMNS, events.c.event_type)
+        .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
+        .where(deliveries.c.id == delivery_id, deliveries.c.org_id == org_id))).first()
+
+
+async def list_attempts(conn: AsyncConnection, *, delivery_id: int) -> list[Row]:
+    return list((await conn.execute(
+        select(attempts).where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id))).all())
+
+
+async def get_configuration(conn: AsyncConnection, *, config_id: int, org_id: int) -> Row | None:
+    return (await conn.execute(
+        select(webhook_configs).where(webhook_configs.c.id == config_id, webhook_configs.c.org_id == org_id))).first()
+
+
+async def configuration_for_event_type(conn: AsyncConnection, *, org_id: int, event_type: str) -> Row | None:
+    return (await conn.execute(
+        select(webhook_configs)
+        .where(webhook_configs.c.org_id == org_id, webhook_configs.c.event_type == event_type))).first()
+
+
+async def newest_event_body(conn: AsyncConnection, *, org_id: int, event_type: str) -> bytes | None:
+    """The body of the organization's newest event of a type (for a tryout)."""
+    return (await conn.execute(
+        select(events.c.body).where(events.c.org_id == org_id, events.c.event_type == event_type)
+        .order_by(events.c.id.desc()).limit(1))).scalar()
+
+
+def live_secrets(secret: str, previous_secret: str | None, previous_expires_at: float | None,
+                 now: float) -> list[str]:
+    """The secrets that sign now: the current one, and the previous one until it expires."""
+    if previous_secret and previous_expires_at is not None and now < previous_expires_at:
+        return [secret, previous_secret]
+    return [secret]

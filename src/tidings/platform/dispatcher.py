@@ -1,0 +1,567 @@
+"""The dispatcher: claims due deliveries, posts them, records every attempt
+and schedules what comes next.
+
+Three loops share one process:
+
+- the claim loop takes due deliveries in batches (one statement, see
+  ``delivery_store.claim_due``) whenever there is room, and hands each to
+  its endpoint (scheme, host and port of the URL);
+- each endpoint has its own queue and at most ``max_per_endpoint`` requests
+  in flight, and a circuit breaker, so that a slow or dead endpoint holds at
+  most its own share of the dispatcher; deliveries claimed beyond what its
+  queue may hold are handed back for a little later, unsent;
+- the flush loop writes the results of many attempts in one transaction:
+  the attempt rows, the new state of each delivery (guarded: a delivery whose
+  lease was lost meanwhile is left to its new owner), pauses after a
+  ``410 Gone``, and the ``on_final`` callback of each delivery that ended.
+
+A fourth loop beats the worker's heartbeat and hands back the work of
+workers whose heartbeat stopped. Delivery is at least once: a worker that
+dies between a request and its flush lets another worker send it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets as _random
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings.contract.signing import Signer
+from tidings.platform import delivery_store as store
+from tidings.platform.circuit import CircuitBreaker, CircuitPolicy
+from tidings.platform.retry import AttemptResult, Decision, ErrorKind, Outcome, RetryPolicy, decide
+from tidings.platform.sender import AiohttpTransport, Answer, Transport, request_headers
+from tidings.platform.settings import DeliverySettings
+from tidings.platform.targets import TargetPolicy
+
+__all__ = ["Dispatcher", "DispatcherStats", "OnFinal", "new_worker_id"]
+
+log = logging.getLogger("tidings.dispatcher")
+
+OnFinal = Callable[[AsyncConnection, Row, bool], Awaitable[None]]
+
+NO_ANSWER = (ErrorKind.TIMEOUT, ErrorKind.CONNECTION)
+RATE_WINDOW = 0.25  # seconds; an endpoint's pace is measured over one to two of these
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{_random.token_hex(3)}"
+
+
+def endpoint_key(url: str) -> str:
+    """Requests to one scheme, host and port share one endpoint's limits and circuit."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:
+        return url
+
+
+@dataclass
+class DispatcherStats:
+    claimed: int = 0
+    attempts: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+    handed_back: int = 0  # claimed, then released unsent (endpoint saturated, configuration paused)
+    lost: int = 0  # results dropped because another worker owned the delivery by then
+    flushes: int = 0
+
+
+@dataclass(slots=True)
+class _Job:
+    row: Row  # as claimed
+    url: str
+    body: bytes
+    secrets: list[str]
+    custom_headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class _Result:
+    job: _Job
+    answer: Answer
+    headers: dict[str, str]
+    decision: Decision
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    key: str
+    breaker: CircuitBreaker
+    queue: deque = field(default_factory=deque)
+    runners: int = 0
+    # Completions in the current and the previous window, for rate().
+    window_start: float = 0.0
+    current: int = 0
+    previous: int = 0
+    seen_since: float | None = None  # when the first job came
+
+    def note_completion(self, now: float) -> None:
+        self._rotate(now)
+        self.current += 1
+
+    def rate(self, now: float) -> float | None:
+        """Completions per second over the last one to two windows; ``None`` before
+        a window has passed since the first job (nothing is known yet)."""
+        if self.seen_since is None or now - self.seen_since < RATE_WINDOW:
+            return None
+        self._rotate(now)
+        return (self.previous + self.current) / (RATE_WINDOW + (now - self.window_start))
+
+    def _rotate(self, now: float) -> None:
+        elapsed = now - self.window_start
+        if elapsed >= 2 * RATE_WINDOW:
+            self.previous, self.current, self.window_start = 0, 0, now
+        elif elapsed >= RATE_WINDOW:
+            self.previous, self.current, self.window_start = self.current, 0, self.window_start + RATE_WINDOW
+
+
+class Dispatcher:
+    """Delivers every due delivery of the database, at least once.
+
+    ``on_final(conn, delivery_row, delivered)`` runs inside the transaction
+    that records a delivery's final outcome. ``concurrency`` bounds the
+    requests in flight over all endpoints; ``settings.max_per_endpoint`` those
+    to one endpoint.
+    """
+
+    def __init__(self, engine: AsyncEngine, signer: Signer, settings: DeliverySettings | None = None,
+                 worker_id: str | None = None, on_final: OnFinal | None = None, *,
+                 transport: Transport | None = None, concurrency: int = 256,
+                 circuit: CircuitPolicy | None = None, poll_interval: float = 0.5,
+                 flush_interval: float = 0.02, queue_budget: float = 2.0, hand_back_delay: float = 1.0) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.settings = settings or DeliverySettings()
+        self.worker_id = worker_id or new_worker_id()
+        self.on_final = on_final
+        self.retry_policy = RetryPolicy.from_settings(self.settings)
+        self.target_policy = TargetPolicy.from_settings(self.settings)
+        self.circuit_policy = circuit or CircuitPolicy()
+        self.concurrency = max(1, concurrency)
+        self.per_endpoint = max(1, min(self.settings.max_per_endpoint, self.concurrency))
+        self.batch_size = max(1, self.settings.batch_size)
+        # Claimed and not yet sent, over all endpoints: enough to keep every
+        # connection busy while the next batch is claimed.
+        self.capacity = self.concurrency + self.batch_size
+        # An endpoint keeps what it can send within ``queue_budget`` seconds at
+        # its recent pace (at least ``per_endpoint``); the rest goes back to the
+        # database for later. So a slow or dead endpoint holds a small share.
+        self.queue_budget = queue_budget
+        self.poll_interval = poll_interval
+        self.flush_interval = flush_interval
+        self.hand_back_delay = hand_back_delay
+        self.stats = DispatcherStats()
+        self._transport = transport
+        self._owns_transport = transport is None
+        self._postgres = engine.dialect.name == "postgresql"
+        self._write_lock = asyncio.Lock() if not self._postgres else None
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoint_keys: dict[str, str] = {}  # URL -> endpoint key
+        self._runner_tasks: set[asyncio.Task] = set()
+        self._in_process = 0  # claimed and not yet sent (queued or in flight)
+        self._results: list[_Result] = []
+        self._first_result_at = 0.0
+        self._releases: list[store.ReleaseRow] = []
+        self._next_claim_at = 0.0
+        self._nothing_due = False  # the last claim found nothing due, and nothing will be
+        self._stopping = False
+        self._signal = asyncio.Event()  # something changed: the cycle loop looks again
+        self._saturated: set[str] = set()  # endpoints that recently had deliveries handed back
+
+    # ------------------------------------------------------------ running
+
+    def wake(self) -> None:
+        """New deliveries were written: look for them now rather than at the next poll."""
+        self._next_claim_at = 0.0
+        self._signal.set()
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Deliver until ``stop_event`` is set; then finish what is in flight and leave cleanly."""
+        await self._serve(stop_event, until_idle=False)
+
+    async def run_until_idle(self, stop_event: asyncio.Event | None = None) -> None:
+        """Deliver until nothing is pending, being sent, or waiting to be written
+        (scheduled retries included, however far off), or until ``stop_event``
+        is set; for tests and one-shot runs."""
+        await self._serve(stop_event, until_idle=True)
+
+    async def _serve(self, stop_event: asyncio.Event | None, *, until_idle: bool) -> None:
+        self._stopping = False
+        if self._transport is None:
+            self._transport = AiohttpTransport(self.target_policy, attempt_timeout=self.settings.attempt_timeout,
+                                               concurrency=self.concurrency, per_endpoint=self.per_endpoint)
+        await self._register()
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
+        cycles = asyncio.create_task(self._cycle_loop(until_idle=until_idle), name="dispatcher-cycles")
+        watcher = asyncio.create_task(stop_event.wait()) if stop_event is not None else None
+        try:
+            await asyncio.wait({cycles} | ({watcher} if watcher else set()), return_when=asyncio.FIRST_COMPLETED)
+            if not cycles.done():
+                self._stop()
+                # In-flight requests end within the attempt timeout; their results are then written.
+                await asyncio.wait([cycles], timeout=self.settings.attempt_timeout + 30.0)
+            cycles.result()  # re-raises a crash
+        finally:
+            self._stop()
+            for task in (watcher, cycles, heartbeat):
+                if task is not None:
+                    await _cancelled(task)
+            await self._unregister()
+            if self._owns_transport and self._transport is not None:
+                await self._transport.close()
+                self._transport = None
+
+    def _stop(self) -> None:
+        """Stop claiming and starting requests; what was claimed and not started goes back."""
+        if self._stopping:
+            return
+        self._stopping = True
+        now = time.time()
+        for endpoint in self._endpoints.values():
+            while endpoint.queue:
+                job = endpoint.queue.popleft()
+                self._in_process -= 1
+                self._hand_back(job.row.id, store.PENDING, now)
+        self._signal.set()
+
+    # ------------------------------------------------------------ database access
+
+    @contextlib.asynccontextmanager
+    async def _writing(self):
+        """A write transaction. SQLite writes one at a time; queueing them here
+        rather than in SQLite's busy handler (which sleeps) keeps them quick."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+
+    async def _register(self) -> None:
+        now = time.time()
+        async with self._writing() as conn:
+            await store.register_worker(conn, worker_id=self.worker_id, hostname=socket.gethostname()[:255],
+                                        pid=os.getpid(), now=now)
+            # A worker id is used by one process at a time: whatever this id holds is from a dead process.
+            await store.hand_back_held_by(conn, worker_id=self.worker_id)
+            await store.reap_stalled(conn, now=now, stale_after=self.settings.stale_after)
+            await store.reap_orphans(conn)
+
+    async def _unregister(self) -> None:
+        try:
+            async with self._writing() as conn:
+                await store.unregister_worker(conn, worker_id=self.worker_id)
+        except Exception:  # the heartbeat stops anyway; others reap what is left
+            log.exception("worker %s could not unregister", self.worker_id)
+
+    # ------------------------------------------------------------ the cycle: record, then claim
+
+    async def _cycle_loop(self, *, until_idle: bool) -> None:
+        """Each cycle is one write transaction: the results gathered since the
+        last one, then a claim when there is room. One transaction rather than
+        two keeps SQLite's single writer busy with useful work, and the claim
+        never waits behind a separate flush."""
+        low_water = max(1, min(self.batch_size, self.concurrency) // 4)
+        failures = 0
+        while True:
+            now = time.time()
+            room = self.capacity - self._in_process
+            claim = 0
+            if not self._stopping and room >= low_water and now >= self._next_claim_at:
+                claim = min(self.batch_size, room)
+            writes = len(self._results) + len(self._releases)
+            write_due = writes and (self._stopping or len(self._results) >= self.batch_size
+                                    or now - self._first_result_at >= self.flush_interval)
+            if claim or write_due:
+                if await self._cycle(claim):
+                    failures = 0
+                else:
+                    failures += 1
+                    await asyncio.sleep(min(5.0, 0.05 * 2 ** failures))
+                continue
+            if self._stopping and not writes and not self._runner_tasks:
+                return
+            if until_idle and self._nothing_due and not writes and not self._in_process:
+                return
+            waits = [self.poll_interval]
+            if room >= low_water and not self._stopping:
+                waits.append(self._next_claim_at - now)
+            if writes:
+                waits.append(self._first_result_at + self.flush_interval - now)
+            self._signal.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._signal.wait(), max(0.001, min(waits)))
+
+    async def _cycle(self, claim_limit: int) -> bool:
+        """One transaction: write results and hand-backs, then claim up to ``claim_limit``.
+        ``False`` if the database refused; the results are kept for the next cycle."""
+        results, self._results = self._results, []
+        releases, self._releases = self._releases, []
+        now = time.time()
+        claimed: list[Row] = []
+        bodies: dict[int, bytes] = {}
+        configs: dict[int, Row] = {}
+        due: float | None = None
+        try:
+            async with self._writing() as conn:
+                kept = await self._record(conn, results, releases) if results or releases else []
+                if claim_limit:
+                    claimed = await store.claim_due(conn, worker_id=self.worker_id, now=now, limit=claim_limit,
+                                                    postgres=self._postgres)
+                    if claimed:
+                        bodies = await store.load_bodies(conn, [row.event_id for row in claimed])
+                        configs = await store.load_configurations(conn, [row.webhook_config_id for row in claimed])
+                    if len(claimed) < claim_limit:
+                        due = await store.next_due_at(conn)
+        except Exception:
+            log.exception("a dispatcher cycle failed; its results are kept and written again")
+            self._results[:0] = results
+            self._releases[:0] = releases
+            self._first_result_at = now - self.flush_interval  # write them as soon as the database allows
+            return False
+        self._count(results, kept)
+        self.stats.claimed += len(claimed)
+        if claim_limit:
+            if len(claimed) == claim_limit:
+                self._next_claim_at = 0.0  # probably more: claim again at once
+            else:
+                self._next_claim_at = now + self.poll_interval if due is None else min(due, now + self.poll_interval)
+            self._nothing_due = not claimed and due is None
+        if claimed:
+            saturated = self._route(claimed, bodies, configs, now)
+            if saturated * 2 >= len(claimed):
+                # Mostly for endpoints that hold all they can: claiming again now would
+                # only hand more back. Wait until one of them has room (or a poll).
+                self._next_claim_at = max(self._next_claim_at, now + self.poll_interval)
+        return True
+
+    async def _record(self, conn: AsyncConnection, results: list[_Result],
+                      releases: list[store.ReleaseRow]) -> list[_Result]:
+        """Write attempts and the deliveries' new states; returns the results
+        whose delivery this worker still held (the others were left alone)."""
+        finished_at = datetime.now(UTC)
+        # The attempt rows go first: on SQLite that write takes the lock, so the
+        # ownership check below cannot be outdated by the time the updates run.
+        await store.record_attempts(conn, [self._attempt_row(result) for result in results])
+        held = await store.still_held(conn, worker_id=self.worker_id, postgres=self._postgres,
+                                      delivery_ids=[result.job.row.id for result in results])
+        kept = [result for result in results if result.job.row.id in held]
+        await store.apply_results(conn, worker_id=self.worker_id,
+                                  rows=[self._result_row(result, finished_at) for result in kept])
+        await store.release(conn, worker_id=self.worker_id, rows=releases)
+        for result in kept:
+            if result.decision.pause_configuration:
+                await store.pause_configuration(conn, config_id=result.job.row.webhook_config_id,
+                                                reason=result.decision.reason, now=finished_at)
+        if self.on_final is not None:
+            for result in kept:
+                if result.decision.outcome is not Outcome.RETRY:
+                    await self.on_final(conn, result.job.row, result.decision.outcome is Outcome.DELIVERED)
+        return kept
+
+    def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float) -> int:
+        """Queue claimed deliveries at their endpoints; returns how many were
+        handed back because their endpoint was saturated."""
+        saturated = 0
+        sending = {}  # per configuration: (endpoint, live secrets, custom headers)
+        for config_id, config in configs.items():
+            secrets = store.live_secrets(config.secret, config.previous_secret,
+                                         config.previous_secret_expires_at, now)
+            sending[config_id] = (self._endpoint(config.url, now), secrets, dict(config.custom_headers or {}))
+        for row in claimed:
+            detail = configs[row.webhook_config_id]
+            if self._stopping:
+                self._hand_back(row.id, store.PENDING, now)
+                continue
+            if detail.paused:
+                self._hand_back(row.id, store.HELD, now)
+                continue
+            endpoint, secrets, custom_headers = sending[row.webhook_config_id]
+            if len(endpoint.queue) >= self._queue_limit(endpoint, now):
+                # Saturated: back to the database for a little later, not an attempt.
+                self._hand_back(row.id, store.PENDING, now + self._hand_back_wait(endpoint, now))
+                self._saturated.add(endpoint.key)
+                saturated += 1
+                continue
+            endpoint.queue.append(_Job(row, detail.url, bodies[row.event_id], secrets, custom_headers))
+            self._in_process += 1
+            if endpoint.runners < self.per_endpoint:
+                endpoint.runners += 1
+                task = asyncio.create_task(self._run_endpoint(endpoint))
+                self._runner_tasks.add(task)
+                task.add_done_callback(self._runner_tasks.discard)
+        return saturated
+
+    def _endpoint(self, url: str, now: float) -> _Endpoint:
+        key = self._endpoint_keys.get(url)
+        if key is None:
+            if len(self._endpoint_keys) > 10_000:
+                self._endpoint_keys.clear()
+            key = self._endpoint_keys[url] = endpoint_key(url)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = _Endpoint(key, CircuitBreaker(self.circuit_policy), window_start=now)
+        if endpoint.seen_since is None:
+            endpoint.seen_since = now
+        return endpoint
+
+    def _queue_limit(self, endpoint: _Endpoint, now: float) -> int:
+        rate = endpoint.rate(now)
+        if rate is None:  # a new endpoint, for its first window: half of everything at most
+            return max(self.per_endpoint, self.capacity // 2)
+        return max(self.per_endpoint, int(rate * self.queue_budget))
+
+    def _hand_back_wait(self, endpoint: _Endpoint, now: float) -> float:
+        """About when the endpoint will have sent what it holds (jittered)."""
+        rate = endpoint.rate(now)
+        if rate is None:
+            wait = RATE_WINDOW
+        else:
+            wait = self.hand_back_delay if not rate else min(self.hand_back_delay, len(endpoint.queue) / rate)
+        return max(0.05, wait) * (0.75 + 0.5 * random.random())
+
+    def _hand_back(self, delivery_id: int, status: str, when: float) -> None:
+        self._releases.append(store.ReleaseRow(delivery_id, status, when))
+        self.stats.handed_back += 1
+
+    # ------------------------------------------------------------ sending
+
+    async def _run_endpoint(self, endpoint: _Endpoint) -> None:
+        try:
+            while endpoint.queue and not self._stopping:
+                job = endpoint.queue.popleft()
+                try:
+                    result = await self._attempt(job, endpoint)
+                finally:
+                    self._in_process -= 1
+                now = time.time()
+                endpoint.note_completion(now)
+                if not self._results:
+                    self._first_result_at = now
+                self._results.append(result)
+                if endpoint.key in self._saturated and len(endpoint.queue) * 2 < self._queue_limit(endpoint, now):
+                    self._saturated.discard(endpoint.key)
+                    self._next_claim_at = 0.0
+                self._signal.set()
+        finally:
+            endpoint.runners -= 1
+
+    async def _attempt(self, job: _Job, endpoint: _Endpoint) -> _Result:
+        now = time.time()
+        headers: dict[str, str] = {}
+        if endpoint.breaker.allows(now):
+            headers = request_headers(self.signer, body=job.body, webhook_id=job.row.webhook_id,
+                                      vendor_signature=job.row.signature, secrets=job.secrets,
+                                      custom_headers=job.custom_headers, timestamp=int(now))
+            try:
+                answer = await self._transport.post(job.url, job.body, headers)
+            except BaseException:
+                endpoint.breaker.release_trial()
+                raise
+            if answer.status_code is not None:
+                endpoint.breaker.record_answer()
+            elif answer.error_kind in NO_ANSWER:
+                endpoint.breaker.record_failure(time.time())
+            else:
+                endpoint.breaker.release_trial()
+        else:
+            answer = Answer(now, 0.0, error_kind=ErrorKind.CIRCUIT_OPEN,
+                            error=f"no request: {endpoint.key} failed {endpoint.breaker.failures} times in a row; "
+                                  f"circuit open until {_iso(endpoint.breaker.opened_until)}")
+        attempt = AttemptResult(answer.status_code, answer.error_kind, answer.retry_after)
+        decision = decide(attempt, job.row.attempt_count + 1, self.retry_policy, time.time())
+        return _Result(job, answer, headers, decision)
+
+    # ------------------------------------------------------------ recording
+
+    def _count(self, results: list[_Result], kept: list[_Result]) -> None:
+        stats = self.stats
+        stats.flushes += 1
+        stats.attempts += len(results)
+        stats.lost += len(results) - len(kept)
+        for result in kept:
+            outcome = result.decision.outcome
+            if outcome is Outcome.DELIVERED:
+                stats.delivered += 1
+            elif outcome is Outcome.FAILED:
+                stats.failed += 1
+            else:
+                stats.retried += 1
+        if len(results) != len(kept):
+            log.warning("%d results dropped: their deliveries were handed to another worker meanwhile",
+                        len(results) - len(kept))
+
+    def _attempt_row(self, result: _Result) -> store.AttemptRow:
+        answer = result.answer
+        return store.AttemptRow(
+            delivery_id=result.job.row.id, number=result.job.row.attempt_count + 1,
+            started_at=datetime.fromtimestamp(answer.started_at, UTC), duration_ms=round(answer.duration_ms, 3),
+            status_code=answer.status_code, response_excerpt=answer.excerpt,
+            error=_error_text(answer), request_headers=result.headers, worker_id=self.worker_id)
+
+    @staticmethod
+    def _result_row(result: _Result, finished_at: datetime) -> store.ResultRow:
+        decision = result.decision
+        row = result.job.row
+        if decision.outcome is Outcome.RETRY:
+            status, next_at, finished = store.PENDING, decision.retry_at, None
+        else:
+            status = store.DELIVERED if decision.outcome is Outcome.DELIVERED else store.FAILED
+            next_at, finished = result.answer.started_at, finished_at
+        last_error = None if decision.outcome is Outcome.DELIVERED else decision.reason[:1000]
+        return store.ResultRow(row.id, status, row.attempt_count + 1, next_at, result.answer.status_code,
+                               last_error, finished)
+
+    # ------------------------------------------------------------ liveness
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                now = time.time()
+                async with self._writing() as conn:
+                    if not await store.heartbeat(conn, worker_id=self.worker_id, now=now):
+                        log.warning("worker %s was declared dead; its deliveries were handed back", self.worker_id)
+                        await store.register_worker(conn, worker_id=self.worker_id,
+                                                    hostname=socket.gethostname()[:255], pid=os.getpid(), now=now)
+                    handed_back = await store.reap_stalled(conn, now=now, stale_after=self.settings.stale_after)
+                if handed_back:
+                    log.warning("handed back %d deliveries of stalled workers", handed_back)
+                    self.wake()
+            except Exception:
+                log.exception("heartbeat failed")
+
+
+def _error_text(answer: Answer) -> str | None:
+    if answer.error is None and answer.error_kind is None:
+        return None
+    kind = f"{answer.error_kind}: " if answer.error_kind else ""
+    return f"{kind}{answer.error or ''}"[:1000]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+async def _cancelled(task: asyncio.Task) -> Any:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        return await task
