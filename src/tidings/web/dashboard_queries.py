@@ -1,0 +1,239 @@
+"""Every SQL statement the dashboard reads with, in one place.
+
+Each function takes the organization's id and filters on it: a page never
+sees another organization's rows. Writes (re-send, recover, pause, resume,
+test send) are not here: the dashboard calls the dispatcher's own functions
+for them (``tidings.platform.delivery_store``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.contract import EventType
+from tidings.store.platform_tables import attempts, deliveries, events, organizations, webhook_configs
+from tidings.web.health import AttemptOutcome
+
+DELIVERY_STATUSES = ("pending", "delivering", "delivered", "failed", "held")
+PAGE_SIZE = 100
+HEALTH_SAMPLE = 1000  # attempts per configuration that the health figures look at, newest first
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """The filters of the deliveries page; ``None`` means any."""
+
+    status: str | None = None
+    event_type: str | None = None
+    config_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, row: Any) -> bool:
+        """Whether a delivery row (as ``delivery_columns`` selects it) passes the filters."""
+        return (
+            (self.status is None or row.status == self.status)
+            and (self.event_type is None or row.event_type == self.event_type)
+            and (self.config_id is None or row.webhook_config_id == self.config_id)
+            and (self.since is None or row.created_at >= self.since)
+            and (self.until is None or row.created_at < self.until)
+        )
+
+
+def _delivery_columns():
+    return select(
+        deliveries.c.id,
+        deliveries.c.event_id,
+        deliveries.c.webhook_config_id,
+        deliveries.c.webhook_id,
+        deliveries.c.status,
+        deliveries.c.attempt_count,
+        deliveries.c.next_attempt_at,
+        deliveries.c.last_status_code,
+        deliveries.c.last_error,
+        deliveries.c.is_tryout,
+        deliveries.c.created_at,
+        deliveries.c.finished_at,
+        deliveries.c.conversation_id,
+        events.c.event_type,
+        events.c.message_id,
+        webhook_configs.c.url,
+    ).select_from(
+        deliveries.join(events, events.c.id == deliveries.c.event_id).join(
+            webhook_configs, webhook_configs.c.id == deliveries.c.webhook_config_id
+        )
+    )
+
+
+def _filtered(query, org_id: int, wanted: DeliveryFilter):
+    query = query.where(deliveries.c.org_id == org_id)
+    if wanted.status is not None:
+        query = query.where(deliveries.c.status == wanted.status)
+    if wanted.event_type is not None:
+        query = query.where(events.c.event_type == wanted.event_type)
+    if wanted.config_id is not None:
+        query = query.where(deliveries.c.webhook_config_id == wanted.config_id)
+    if wanted.since is not None:
+        query = query.where(deliveries.c.created_at >= wanted.since)
+    if wanted.until is not None:
+        query = query.where(deliveries.c.created_at < wanted.until)
+    return query
+
+
+async def organization_name(conn: AsyncConnection, org_id: int) -> str | None:
+    return (await conn.execute(select(organizations.c.name).where(organizations.c.id == org_id))).scalar()
+
+
+async def configurations(conn: AsyncConnection, org_id: int) -> list[Any]:
+    return (await conn.execute(
+        select(webhook_configs).where(webhook_configs.c.org_id == org_id).order_by(webhook_configs.c.id)
+    )).all()
+
+
+async def configuration(conn: AsyncConnection, org_id: int, config_id: int) -> Any | None:
+    return (await conn.execute(
+        select(webhook_configs).where(webhook_configs.c.org_id == org_id, webhook_configs.c.id == config_id)
+    )).first()
+
+
+async def recent_attempts(
+    conn: AsyncConnection, org_id: int, config_id: int, since: datetime, limit: int = HEALTH_SAMPLE
+) -> list[AttemptOutcome]:
+    """The newest attempts of one configuration started at ``since`` or later, newest first."""
+    rows = (await conn.execute(
+        select(attempts.c.started_at, attempts.c.duration_ms, attempts.c.status_code, attempts.c.error,
+               attempts.c.response_excerpt)
+        .select_from(attempts.join(deliveries, deliveries.c.id == attempts.c.delivery_id))
+        .where(deliveries.c.org_id == org_id, deliveries.c.webhook_config_id == config_id,
+               attempts.c.started_at >= since)
+        .order_by(attempts.c.id.desc())
+        .limit(limit)
+    )).all()
+    return [AttemptOutcome(row.started_at, row.duration_ms, row.status_code, row.error, row.response_excerpt)
+            for row in rows]
+
+
+async def status_counts(conn: AsyncConnection, org_id: int) -> dict[int, dict[str, int]]:
+    """How many deliveries each configuration has in each status."""
+    rows = (await conn.execute(
+        select(deliveries.c.webhook_config_id, deliveries.c.status, func.count())
+        .where(deliveries.c.org_id == org_id)
+        .group_by(deliveries.c.webhook_config_id, deliveries.c.status)
+    )).all()
+    counts: dict[int, dict[str, int]] = {}
+    for config_id, status, count in rows:
+        counts.setdefault(config_id, {})[status] = count
+    return counts
+
+
+async def event_types(conn: AsyncConnection, org_id: int) -> list[str]:
+    """The event types worth offering in a filter: the contract's and the configurations'."""
+    configured = (await conn.execute(
+        select(webhook_configs.c.event_type).where(webhook_configs.c.org_id == org_id).distinct()
+    )).scalars()
+    return sorted(set(EventType.known_values) | set(configured))
+
+
+async def delivery_page(
+    conn: AsyncConnection, org_id: int, wanted: DeliveryFilter, before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> list[Any]:
+    """Deliveries that pass ``wanted``, newest first, older than ``before_id`` when given."""
+    query = _filtered(_delivery_columns(), org_id, wanted)
+    if before_id is not None:
+        query = query.where(deliveries.c.id < before_id)
+    return (await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))).all()
+
+
+async def deliveries_by_id(conn: AsyncConnection, org_id: int, ids: Iterable[int]) -> list[Any]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    return (await conn.execute(
+        _delivery_columns().where(deliveries.c.org_id == org_id, deliveries.c.id.in_(wanted))
+        .order_by(deliveries.c.id)
+    )).all()
+
+
+async def delivery(conn: AsyncConnection, org_id: int, delivery_id: int) -> Any | None:
+    """One delivery with its event's body and the configuration's URL."""
+    return (await conn.execute(
+        _delivery_columns().add_columns(deliveries.c.signature, deliveries.c.sequence, deliveries.c.worker_id,
+                                        events.c.body)
+        .where(deliveries.c.org_id == org_id, deliveries.c.id == delivery_id)
+    )).first()
+
+
+async def delivery_attempts(conn: AsyncConnection, delivery_id: int, after_id: int = 0) -> list[Any]:
+    """The attempts of one delivery (already checked to be the organization's), oldest first."""
+    return (await conn.execute(
+        select(attempts).where(attempts.c.delivery_id == delivery_id, attempts.c.id > after_id)
+        .order_by(attempts.c.id)
+    )).all()
+
+
+@dataclass(frozen=True)
+class Head:
+    """The newest delivery and attempt ids of the whole database: where a live page starts."""
+
+    delivery_id: int
+    attempt_id: int
+
+    def spelled(self) -> str:
+        return f"{self.delivery_id}.{self.attempt_id}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Head | None:
+        """``"12.40"`` -> ``Head(12, 40)``; ``None`` for anything else.
+
+        >>> Head.parse("12.40"), Head.parse("x")
+        (Head(delivery_id=12, attempt_id=40), None)
+        """
+        parts = (text or "").split(".")
+        if len(parts) != 2 or not all(part.isdigit() and len(part) <= 18 for part in parts):
+            return None
+        return cls(int(parts[0]), int(parts[1]))
+
+
+async def head(conn: AsyncConnection) -> Head:
+    delivery_id = (await conn.execute(select(func.coalesce(func.max(deliveries.c.id), 0)))).scalar_one()
+    attempt_id = (await conn.execute(select(func.coalesce(func.max(attempts.c.id), 0)))).scalar_one()
+    return Head(delivery_id, attempt_id)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Deliveries of one organization created or attempted between two heads."""
+
+    new_ids: Sequence[int]
+    attempted_ids: Sequence[int]  # deliveries with a new attempt
+    head: Head
+
+
+async def changes_since(conn: AsyncConnection, org_id: int, since: Head, limit: int = PAGE_SIZE) -> Changes:
+    """What happened to the organization's deliveries after ``since``, up to today's head.
+
+    Both queries are range scans of a primary key. The head is read first, so
+    a row committed while this runs is found by the next call.
+    """
+    now = await head(conn)
+    new_ids = (await conn.execute(
+        select(deliveries.c.id)
+        .where(deliveries.c.id > since.delivery_id, deliveries.c.id <= now.delivery_id,
+               deliveries.c.org_id == org_id)
+        .order_by(deliveries.c.id).limit(limit)
+    )).scalars().all()
+    attempted = (await conn.execute(
+        select(attempts.c.delivery_id, func.max(attempts.c.id))
+        .select_from(attempts.join(deliveries, deliveries.c.id == attempts.c.delivery_id))
+        .where(attempts.c.id > since.attempt_id, attempts.c.id <= now.attempt_id, deliveries.c.org_id == org_id)
+        .group_by(attempts.c.delivery_id)
+        .limit(limit)
+    )).all()
+    return Changes(new_ids=list(new_ids), attempted_ids=[row[0] for row in attempted], head=now)

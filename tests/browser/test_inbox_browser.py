@@ -1,0 +1,69 @@
+"""The receiver's inbox in a real browser: signed events posted to the
+receiver's webhook show up in the open inbox, without a reload."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tidings.contract.samples import SampleFactory
+from tests.browser.servers import ReceiverServer, message_event
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    server = ReceiverServer(f"sqlite:///{tmp_path / 'receiver.db'}").start()
+    yield server
+    server.stop()
+
+
+def test_a_new_message_appears_in_the_inbox(page: Page, receiver: ReceiverServer):
+    samples = SampleFactory(3)
+    first = message_event(samples, consumer="Ana Martin", text="Hello, are you open on Sunday?",
+                          date="2024-03-01 09:00:00.000000+00:00")
+    assert receiver.send(first).status_code == 200
+
+    page.goto(receiver.base_url + "/inbox")
+    conversations = page.locator("#conversations > li.conversation")
+    expect(conversations).to_have_count(1)
+    expect(conversations.first).to_contain_text("Ana Martin")
+    expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")
+    page.evaluate("window.stillTheSamePage = true")
+
+    # A new conversation arrives: it goes on top of the list.
+    assert receiver.send(message_event(samples, consumer="Jonas Schmidt", text="Do you have this model in blue?",
+                                       date="2024-03-01 10:00:00.000000+00:00")).status_code == 200
+    expect(conversations).to_have_count(2)
+    expect(conversations.first).to_contain_text("Jonas Schmidt")
+    expect(conversations.first).to_contain_text("Do you have this model in blue?")
+
+    # In an open thread, the next message of the conversation appears at the bottom.
+    conversation_id = int(conversations.nth(1).get_attribute("id").removeprefix("conversation-"))
+    page.goto(receiver.base_url + f"/inbox/threads/{conversation_id}")
+    messages = page.locator("#thread > li.message")
+    expect(messages).to_have_count(1)
+    expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")
+    page.evaluate("window.stillTheSamePage = true")
+    assert receiver.send(message_event(samples, conversation_id=conversation_id, text="Great, see you at 11.",
+                                       date="2024-03-01 11:00:00.000000+00:00")).status_code == 200
+    expect(messages).to_have_count(2)
+    expect(messages.last).to_contain_text("Great, see you at 11.")
+    assert page.evaluate("window.stillTheSamePage") is True
+
+
+def test_an_unknown_content_type_shows_the_placeholder(page: Page, receiver: ReceiverServer):
+    samples = SampleFactory(4)
+    page.goto(receiver.base_url + "/inbox")
+    expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")
+    body = message_event(samples, consumer="Léa Rossi", content_type="Hologram",
+                         text="https://cdn.example.com/media/42.holo")
+    assert receiver.send(body).status_code == 200
+
+    listed = page.locator("#conversations > li.conversation").first
+    expect(listed).to_contain_text("Léa Rossi")
+    expect(listed.locator("[data-placeholder]")).to_have_text("Unsupported content (Hologram)")
+
+    listed.click()
+    bubble = page.locator("#thread > li.message .bubble").first
+    expect(bubble.locator("[data-placeholder]")).to_have_text("Unsupported content (Hologram)")
+    expect(bubble).not_to_contain_text("42.holo")
