@@ -38,3 +38,43 @@ def upgrade(url: str, revision: str = "head") -> str:
 
 def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head() or "base"
+
+
+def autogenerate(message: str) -> None:
+    """Writes a new revision with the difference between the newest migration
+    and the tables in code (for developers: ``python -m tidings.store.migrate MESSAGE``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        url = f"sqlite:///{scratch}/scratch.db"
+        upgrade(url)
+        config = alembic_config()
+        engine = create_sync_engine(url)
+        try:
+            with engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.revision(config, message=message, autogenerate=True)
+        finally:
+            engine.dispose()
+
+
+def schema_differences(url: str) -> list:
+    """What differs between the database at ``url`` and the tables in code."""
+    from alembic.autogenerate import compare_metadata
+
+    from tidings.store import all_tables  # noqa: F401
+    from tidings.store.metadata import metadata
+
+    engine = create_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    import sys
+
+    autogenerate(" ".join(sys.argv[1:]) or "schema change")
