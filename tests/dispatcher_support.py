@@ -160,3 +160,35 @@ async def scripted_endpoint(**scripts: list):
         yield endpoint
     finally:
         await runner.cleanup()
+
+
+def bulk_pending(url: str, target: str, count: int, signer: Signer) -> None:
+    """One organization and configuration at ``target`` and ``count`` pending
+    deliveries, inserted in bulk (the outbox writes the same rows one event
+    at a time; this is only quicker for large loads)."""
+    from tidings.contract import dump_event
+    from tidings.platform.outbox import new_webhook_id
+    from tidings.store.platform_tables import events
+
+    create_tables(url)
+    engine = create_sync_engine(url)
+    now = datetime.now(UTC)
+    bodies = [dump_event(event) for event in SampleFactory(3).events(200, "message_created")]
+    signatures = [signer.vendor_signature(body) for body in bodies]
+    try:
+        with engine.begin() as conn:
+            org_id = conn.execute(insert(organizations).values(name="Load", created_at=now)
+                                  .returning(organizations.c.id)).scalar_one()
+            config_id = conn.execute(insert(webhook_configs).values(
+                org_id=org_id, url=target, event_type="message_created", custom_headers={},
+                secret=generate_secret(), created_at=now, updated_at=now).returning(webhook_configs.c.id)).scalar_one()
+            event_ids = conn.execute(insert(events).returning(events.c.id), [
+                {"org_id": org_id, "event_type": "message_created", "body": bodies[n % len(bodies)], "created_at": now}
+                for n in range(count)]).scalars().all()
+            conn.execute(insert(deliveries), [
+                {"event_id": event_id, "webhook_config_id": config_id, "org_id": org_id,
+                 "webhook_id": new_webhook_id(), "signature": signatures[n % len(bodies)], "status": "pending",
+                 "attempt_count": 0, "next_attempt_at": time.time(), "created_at": now}
+                for n, event_id in enumerate(event_ids)])
+    finally:
+        engine.dispose()
