@@ -1,0 +1,446 @@
+"""The dashboard over HTTP, on both engines: signing in, what each
+organization sees, the filters, the health figures, the actions and the
+live-update stream. (The browser tests drive the same pages in chromium.)"""
+
+from __future__ import annotations
+
+import doctest
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from tidings.contract.samples import SampleFactory
+from tidings.contract.signing import Signer, generate_private_key
+from tidings.platform import delivery_store, tenants
+from tidings.platform.api.app import create_app
+from tidings.platform.api.context import PlatformContext
+from tidings.platform.outbox import record_event
+from tidings.platform.settings import DeliverySettings, PlatformSettings
+from tidings.store.engine import create_engine, create_sync_engine
+from tidings.store.platform_tables import deliveries, webhook_configs
+from tidings.web import dashboard, live
+from tidings.web.dashboard import mount_dashboard
+from tidings.web.dashboard_queries import DeliveryFilter
+from tidings.web.session import KEY_COOKIE, ORG_COOKIE
+from tests.browser.servers import Endpoint
+
+NOW = datetime.now(UTC)
+MAY_FIRST_NOON = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def create_schema(url: str) -> None:
+    from tidings.store import all_tables  # noqa: F401
+    from tidings.store.metadata import metadata
+
+    engine = create_sync_engine(url)
+    metadata.create_all(engine)
+    engine.dispose()
+
+
+@dataclass
+class Org:
+    org_id: int
+    key: str
+    config_id: int
+    delivery_ids: list[int]
+
+
+class Dashboard:
+    """The platform's app with the dashboard, on a fresh database, and a way to seed it."""
+
+    def __init__(self, url: str) -> None:
+        create_schema(url)
+        self.engine = create_engine(url)
+        self.signer = Signer(generate_private_key())
+        settings = PlatformSettings(db_url=url, delivery=DeliverySettings(allow_private_targets=True, allow_http=True))
+        self.app = create_app(PlatformContext(settings=settings, engine=self.engine, signer=self.signer))
+        mount_dashboard(self.app)
+        self.samples = SampleFactory(11)
+
+    def client(self, org: Org | None = None, **cookies: str) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://dash.test")
+        if org is not None:
+            client.cookies.set(KEY_COOKIE, org.key, domain="dash.test", path="/dashboard")
+        for name, value in cookies.items():
+            client.cookies.set(name, value, domain="dash.test", path="/dashboard")
+        return client
+
+    async def org(self, name: str, events: int = 3, url: str = "https://hooks.example.com/in") -> Org:
+        async with self.engine.begin() as conn:
+            org_id, key = await tenants.create_organization(conn, name)
+            config_id = (await conn.execute(webhook_configs.insert().values(
+                org_id=org_id, url=f"{url}/{name.lower()}", event_type="message_created", custom_headers={},
+                secret="whsec_" + "A" * 43, created_at=NOW, updated_at=NOW,
+            ).returning(webhook_configs.c.id))).scalar_one()
+            for _ in range(events):
+                await record_event(conn, org_id=org_id, event=self.samples.message_created(org_id=org_id),
+                                   signer=self.signer)
+            ids = list((await conn.execute(
+                select(deliveries.c.id).where(deliveries.c.org_id == org_id).order_by(deliveries.c.id)
+            )).scalars())
+        return Org(org_id, key, config_id, ids)
+
+    async def finish(self, delivery_id: int, *answers: tuple[int | None, str | None, float], status: str,
+                     created_at: datetime | None = None) -> None:
+        """Records attempts as the dispatcher would, and leaves the delivery in ``status``."""
+        async with self.engine.begin() as conn:
+            await delivery_store.record_attempts(conn, [
+                delivery_store.AttemptRow(delivery_id, number, NOW - timedelta(seconds=10 - number), ms, code,
+                                          "answer body" if code else None, error, {"Content-Type": "application/json"},
+                                          "w1")
+                for number, (code, error, ms) in enumerate(answers, start=1)
+            ])
+            values = {"status": status, "attempt_count": len(answers), "finished_at": NOW}
+            if created_at is not None:
+                values["created_at"] = created_at
+            await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(**values))
+
+    async def status(self, delivery_id: int) -> str:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(deliveries.c.status).where(deliveries.c.id == delivery_id))).scalar_one()
+
+    async def paused(self, config_id: int) -> bool:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(
+                select(webhook_configs.c.paused).where(webhook_configs.c.id == config_id))).scalar_one()
+
+
+@pytest.fixture
+async def dash(db_url):
+    dashboard = Dashboard(db_url)
+    yield dashboard
+    await dashboard.engine.dispose()
+
+
+def shown_deliveries(html: str) -> list[int]:
+    return [int(found) for found in re.findall(r'<tr id="delivery-(\d+)"', html)]
+
+
+def test_the_examples_in_the_dashboards_docstrings_hold():
+    assert doctest.testmod(dashboard).failed == 0
+
+
+def test_delivery_filters_from_a_query_string():
+    wanted = dashboard.delivery_filter({"status": "failed", "event_type": "message_created", "config": "4",
+                                        "since": "2024-05-01T12:00", "until": ""})
+    assert wanted == DeliveryFilter("failed", "message_created", 4, MAY_FIRST_NOON, None)
+    assert dashboard.delivery_filter({"config": "x", "since": "soon"}) == DeliveryFilter()
+    assert dashboard.filter_query(wanted) == {"status": "failed", "event_type": "message_created", "config": "4",
+                                              "since": "2024-05-01T12:00"}
+
+
+
+# ---------------------------------------------------------------- signing in
+
+
+async def test_pages_ask_for_a_key_and_a_good_key_opens_them(dash):
+    acme = await dash.org("Acme")
+    async with dash.client() as client:
+        answer = await client.get("/dashboard/deliveries?status=failed")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/dashboard/sign-in?next=%2Fdashboard%2Fdeliveries%3Fstatus%3Dfailed"
+        assert (await client.get("/dashboard/events")).status_code == 401
+
+        refused = await client.post("/dashboard/sign-in", data={"api_key": "tdk_wrong", "next": "/dashboard"})
+        assert refused.status_code == 401
+        assert "unknown API key" in refused.text
+        assert KEY_COOKIE not in client.cookies
+
+        answer = await client.post("/dashboard/sign-in",
+                                   data={"api_key": acme.key, "next": "/dashboard/deliveries?status=failed"})
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/dashboard/deliveries?status=failed"
+        cookie = answer.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
+        assert (await client.get("/dashboard/deliveries")).status_code == 200
+
+        await client.post("/dashboard/sign-out")
+        assert (await client.get("/dashboard/deliveries")).status_code == 303
+
+
+async def test_a_provider_key_opens_only_the_organizations_it_manages(dash):
+    acme = await dash.org("Acme")
+    globex = await dash.org("Globex")
+    initech = await dash.org("Initech")
+    async with dash.engine.begin() as conn:
+        provider_key = await tenants.create_provider_key(conn, "Agency", [acme.org_id, globex.org_id])
+    async with dash.client() as client:
+        without_org = await client.post("/dashboard/sign-in", data={"api_key": provider_key})
+        assert without_org.status_code == 401 and "org_id" in without_org.text
+        unmanaged = await client.post("/dashboard/sign-in", data={"api_key": provider_key,
+                                                                  "org_id": str(initech.org_id)})
+        assert unmanaged.status_code == 401 and "does not manage" in unmanaged.text
+        opened = await client.post("/dashboard/sign-in", data={"api_key": provider_key, "org_id": str(globex.org_id)})
+        assert opened.status_code == 303
+        page = (await client.get("/dashboard/deliveries")).text
+        assert sorted(shown_deliveries(page)) == globex.delivery_ids
+    # A cookie changed by hand to another organization is checked again, on every request.
+    async with dash.client(**{KEY_COOKIE: provider_key, ORG_COOKIE: str(initech.org_id)}) as client:
+        assert (await client.get("/dashboard/deliveries")).status_code == 303
+
+
+async def test_an_organization_key_cannot_open_another_organization(dash):
+    acme = await dash.org("Acme")
+    globex = await dash.org("Globex")
+    async with dash.client() as client:
+        answer = await client.post("/dashboard/sign-in", data={"api_key": acme.key, "org_id": str(globex.org_id)})
+        assert answer.status_code == 401 and "another organization" in answer.text
+
+
+# ---------------------------------------------------------------- what each organization sees
+
+
+async def test_each_organization_sees_only_its_own(dash):
+    acme = await dash.org("Acme")
+    globex = await dash.org("Globex")
+    await dash.finish(globex.delivery_ids[0], (500, None, 5.0), status="failed")
+    async with dash.client(acme) as client:
+        configurations = (await client.get("/dashboard/configurations")).text
+        assert f'id="config-{acme.config_id}"' in configurations
+        assert f'id="config-{globex.config_id}"' not in configurations and "/globex" not in configurations
+
+        listed = (await client.get("/dashboard/deliveries")).text
+        assert sorted(shown_deliveries(listed)) == acme.delivery_ids
+        assert "/globex" not in listed
+        assert sorted(shown_deliveries((await client.get(
+            f"/dashboard/deliveries?config={globex.config_id}")).text)) == []
+
+        theirs = globex.delivery_ids[0]
+        assert (await client.get(f"/dashboard/deliveries/{theirs}")).status_code == 404
+        assert (await client.get(f"/dashboard/events?view=delivery&id={theirs}")).status_code == 404
+        assert (await client.post(f"/dashboard/deliveries/{theirs}/resend")).status_code == 404
+        assert (await client.post(f"/dashboard/configurations/{globex.config_id}/pause")).status_code == 404
+        assert (await client.post(f"/dashboard/configurations/{globex.config_id}/resume")).status_code == 404
+        assert (await client.post("/dashboard/recover", data={"since": "2000-01-01T00:00",
+                                                              "config": str(globex.config_id)})).status_code == 404
+    assert await dash.status(globex.delivery_ids[0]) == "failed"
+    assert not await dash.paused(globex.config_id)
+
+
+async def test_the_stream_sends_only_the_organizations_new_deliveries(dash):
+    from tidings.web.dashboard import _deliveries_stream
+    from tidings.web.dashboard_queries import DeliveryFilter, Head, head
+
+    acme = await dash.org("Acme", events=1)
+    globex = await dash.org("Globex", events=1)
+    async with dash.engine.connect() as conn:
+        start = await head(conn)
+    await dash.org("Initech", events=2)
+    newer_acme, newer_globex = SampleFactory(3).message_created(), SampleFactory(4).message_created()
+    async with dash.engine.begin() as conn:
+        await record_event(conn, org_id=globex.org_id, event=newer_globex, signer=dash.signer)
+        await record_event(conn, org_id=acme.org_id, event=newer_acme, signer=dash.signer)
+
+    poll = _deliveries_stream(dash.app.state.platform, acme.org_id, DeliveryFilter())
+    found = await poll(start.spelled())
+    upserts = [change for change in found.changes if isinstance(change, live.Upsert)]
+    assert len(upserts) == 1 and len(found.changes) == 1
+    (change,) = upserts
+    async with dash.engine.connect() as conn:
+        acme_new = (await conn.execute(select(deliveries.c.id).where(
+            deliveries.c.org_id == acme.org_id).order_by(deliveries.c.id.desc()))).scalars().first()
+    assert change.key == f"delivery-{acme_new}"
+    assert change.container == "deliveries"
+    assert f'id="delivery-{acme_new}"' in change.html
+    assert Head.parse(found.position).delivery_id >= acme_new
+    # Nothing new since: nothing sent.
+    again = await poll(found.position)
+    assert again.changes == [] and again.position == found.position
+
+    # A delivery that stops matching the page's filter is taken off it.
+    await dash.finish(acme_new, (500, None, 3.0), status="failed")
+    only_pending = _deliveries_stream(dash.app.state.platform, acme.org_id, DeliveryFilter(status="pending"))
+    changed = await only_pending(found.position)
+    assert changed.changes == [live.Removal(f"delivery-{acme_new}")]
+
+
+# ---------------------------------------------------------------- filters
+
+
+async def test_the_filters_of_the_deliveries_page(dash):
+    acme = await dash.org("Acme", events=4)
+    first, second, third, fourth = acme.delivery_ids
+    await dash.finish(first, (500, None, 3.0), status="failed", created_at=NOW - timedelta(days=2))
+    await dash.finish(second, (200, None, 3.0), status="delivered")
+    await dash.finish(third, (None, "connection refused", 1.0), status="failed")
+    async with dash.client(acme) as client:
+        async def ids(query: str) -> list[int]:
+            answer = await client.get("/dashboard/deliveries" + query)
+            assert answer.status_code == 200
+            return shown_deliveries(answer.text)
+
+        assert await ids("") == [fourth, third, second, first]  # newest first
+        assert await ids("?status=failed") == [third, first]
+        assert await ids("?status=delivered") == [second]
+        assert await ids(f"?config={acme.config_id}&status=pending") == [fourth]
+        assert await ids("?event_type=message_updated") == []
+        yesterday = (NOW - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+        assert await ids(f"?status=failed&since={yesterday}") == [third]
+        assert await ids(f"?until={yesterday}") == [first]
+        assert await ids("?status=nonsense") == []
+
+
+# ---------------------------------------------------------------- health
+
+
+async def test_configurations_show_their_health(dash):
+    acme = await dash.org("Acme", events=3)
+    first, second, third = acme.delivery_ids
+    await dash.finish(first, (200, None, 10.0), status="delivered")
+    await dash.finish(second, (503, None, 40.0), (200, None, 20.0), status="delivered")
+    await dash.finish(third, (None, "connection refused", 2000.0), status="failed")
+    async with dash.client(acme) as client:
+        page = (await client.get("/dashboard/configurations")).text
+    row = re.search(rf'<tr id="config-{acme.config_id}".*?</tr>', page, re.S).group(0)
+    cells = [" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in re.findall(r"<td.*?</td>", row, re.S)]
+    assert cells[3] == "50.0 % 4 attempts"  # 2 of 4 attempts answered 2xx
+    assert cells[4] == "20 ms"  # p50 of 10, 20, 40 and 2000 ms, by nearest rank
+    assert cells[5] == "2.00 s"  # p99
+    assert cells[6].startswith("connection refused")
+    assert cells[7] == "closed *"  # one unanswered attempt does not open the circuit
+    assert "1 failed" in cells[8]
+
+
+# ---------------------------------------------------------------- actions
+
+
+async def test_pause_and_resume_hold_and_release_the_waiting_deliveries(dash):
+    acme = await dash.org("Acme", events=2)
+    async with dash.client(acme) as client:
+        answer = await client.post(f"/dashboard/configurations/{acme.config_id}/pause", data={"reason": "maintenance"})
+        assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/configurations"
+        assert await dash.paused(acme.config_id)
+        assert [await dash.status(i) for i in acme.delivery_ids] == ["held", "held"]
+        page = (await client.get("/dashboard/configurations")).text
+        assert "is paused; 2 waiting deliveries are held" in page
+        assert 'data-action="resume"' in page
+        # The notice is shown once.
+        assert "is paused" not in (await client.get("/dashboard/configurations")).text
+
+        await client.post(f"/dashboard/configurations/{acme.config_id}/resume")
+        assert not await dash.paused(acme.config_id)
+        assert [await dash.status(i) for i in acme.delivery_ids] == ["pending", "pending"]
+
+
+async def test_resend_queues_a_finished_delivery_and_refuses_one_in_progress(dash):
+    acme = await dash.org("Acme", events=2)
+    failed, waiting = acme.delivery_ids
+    await dash.finish(failed, (500, None, 3.0), status="failed")
+    async with dash.client(acme) as client:
+        answer = await client.post(f"/dashboard/deliveries/{failed}/resend")
+        assert answer.status_code == 303 and answer.headers["location"] == f"/dashboard/deliveries/{failed}"
+        assert await dash.status(failed) == "pending"
+        assert "is queued to be sent again" in (await client.get(answer.headers["location"])).text
+
+        await client.post(f"/dashboard/deliveries/{waiting}/resend")
+        assert "is not finished: it is pending" in (await client.get(f"/dashboard/deliveries/{waiting}")).text
+
+
+async def test_recover_queues_the_failed_deliveries_since_a_time(dash):
+    acme = await dash.org("Acme", events=3)
+    old, recent, delivered = acme.delivery_ids
+    await dash.finish(old, (500, None, 3.0), status="failed", created_at=NOW - timedelta(days=3))
+    await dash.finish(recent, (500, None, 3.0), status="failed")
+    await dash.finish(delivered, (200, None, 3.0), status="delivered")
+    since = (NOW - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    async with dash.client(acme) as client:
+        answer = await client.post("/dashboard/recover", data={"since": since})
+        assert answer.status_code == 303
+        assert "1 failed deliveries since" in (await client.get(answer.headers["location"])).text
+        assert [await dash.status(i) for i in acme.delivery_ids] == ["failed", "pending", "delivered"]
+
+        await client.post("/dashboard/recover", data={"since": "not a time"})
+        assert "Recover needs a time" in (await client.get("/dashboard/deliveries")).text
+
+
+async def test_actions_posted_from_another_site_are_refused(dash):
+    acme = await dash.org("Acme", events=1)
+    await dash.finish(acme.delivery_ids[0], (500, None, 3.0), status="failed")
+    async with dash.client(acme) as client:
+        foreign = {"origin": "https://evil.example"}
+        assert (await client.post(f"/dashboard/deliveries/{acme.delivery_ids[0]}/resend",
+                                  headers=foreign)).status_code == 403
+        assert (await client.post(f"/dashboard/configurations/{acme.config_id}/pause",
+                                  headers=foreign)).status_code == 403
+        assert (await client.post("/dashboard/sign-in", data={"api_key": acme.key}, headers=foreign)).status_code == 403
+    assert await dash.status(acme.delivery_ids[0]) == "failed"
+    assert not await dash.paused(acme.config_id)
+
+
+# ---------------------------------------------------------------- one delivery
+
+
+async def test_one_delivery_shows_every_attempt_with_its_request_and_answer(dash):
+    acme = await dash.org("Acme", events=1)
+    (delivery_id,) = acme.delivery_ids
+    await dash.finish(delivery_id, (503, None, 41.0), (None, "timed out after 10 s", 10_000.0), (200, None, 12.0),
+                      status="delivered")
+    async with dash.client(acme) as client:
+        page = (await client.get(f"/dashboard/deliveries/{delivery_id}")).text
+    assert len(re.findall(r'<article id="attempt-\d+"', page)) == 3
+    assert "HTTP 503" in page and "timed out after 10 s" in page and "HTTP 200" in page
+    assert "10.00 s" in page and "41 ms" in page
+    assert "Content-Type" in page and "answer body" in page
+    assert "&#34;payload&#34;" in page or "&quot;payload&quot;" in page  # the body, indented and escaped
+    assert 'data-action="resend"' in page
+
+
+async def test_the_event_stream_answers_server_sent_events(sqlite_url):
+    """Through a real server (one engine is enough for the wire format; the queries run on both above)."""
+    from tests.browser.servers import ServedApp
+
+    dash = Dashboard(sqlite_url)
+    acme = await dash.org("Acme", events=1)
+    # The app runs in the server's own loop: it needs an engine of its own.
+    served_engine = create_engine(sqlite_url)
+    dash.app.state.platform = PlatformContext(settings=dash.app.state.platform.settings, engine=served_engine,
+                                              signer=dash.signer)
+    with ServedApp(dash.app, cleanup=served_engine.dispose) as served:
+        async with dash.engine.begin() as conn:
+            await record_event(conn, org_id=acme.org_id, event=SampleFactory(9).message_created(), signer=dash.signer)
+        cookies = {KEY_COOKIE: acme.key}
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=served.base_url, cookies=cookies, timeout=10) as client:
+            async with client.stream("GET", "/dashboard/events?view=deliveries&after=1.0") as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                lines: list[str] = []
+                async for line in stream.aiter_lines():
+                    lines.append(line)
+                    if line.startswith("data: "):
+                        break
+                    assert time.monotonic() - started < 10
+    assert lines[0] == "retry: 1000"
+    assert [line for line in lines if line.startswith("event: ")] == ["event: upsert"]
+    assert any(line.startswith("id: ") for line in lines)
+    assert '"key":"delivery-2"' in lines[-1]
+    await dash.engine.dispose()
+
+
+async def test_send_test_posts_a_tryout_to_the_configurations_url(dash):
+    endpoint = Endpoint().start()
+    try:
+        acme = await dash.org("Acme", events=1, url=endpoint.url)
+        async with dash.client(acme) as client:
+            answer = await client.post(f"/dashboard/configurations/{acme.config_id}/test")
+            assert answer.status_code == 303
+            page = (await client.get("/dashboard/configurations")).text
+            assert re.search(r'notice-ok" role="status">Test event to http://127\.0\.0\.1:\d+/hooks/tidings/acme: '
+                             r"answered HTTP 200 in \d+ ms\.", page)
+            endpoint.status = 500
+            await client.post(f"/dashboard/configurations/{acme.config_id}/test")
+            assert "answered HTTP 500" in (await client.get("/dashboard/configurations")).text
+    finally:
+        endpoint.stop()
+    assert len(endpoint.received) == 2
+    headers = endpoint.received[0]["headers"]
+    assert headers["X-Tidings-Tryout"] == "true"
+    assert b'"type":"message_created"' in endpoint.received[0]["body"]
+    # A tryout is not a delivery: nothing is recorded.
+    async with dash.engine.connect() as conn:
+        count = (await conn.execute(select(deliveries.c.id).where(deliveries.c.org_id == acme.org_id))).all()
+    assert len(count) == 1
