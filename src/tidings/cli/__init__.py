@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tidings.cli import events, keys, platform, receiver, serve, simulate
+from tidings.cli import demo, events, keys, platform, receiver, serve, simulate
 from tidings.cli.errors import CliError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(events.app, name="event")
 app.add_typer(receiver.app, name="receiver")
 app.command("receive")(receiver.receive_command)
 platform.mount(app)
+app.command("demo", help="Run the platform, a receiver and simulated traffic on an embedded SQLite.")(demo.demo_command)
 app.command("serve", help="Serve the platform: the /v2 API, the dashboard and a dispatcher.")(serve.serve_command)
 app.command("simulate", help="Send simulated traffic to a running platform, with a progress bar.")(
     simulate.simulate_command

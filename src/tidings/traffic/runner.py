@@ -66,7 +66,10 @@ class PlatformClient:
     async def call(self, method: str, path: str, json: dict | None = None, params: dict | None = None):
         async with self.session.request(method, self.base + path, json=json, headers=self.headers,
                                         params={**self.params, **(params or {})}) as answer:
-            body = await answer.json(content_type=None) if answer.content_length != 0 else None
+            try:
+                body = await answer.json(content_type=None)
+            except ValueError:  # an empty or non-JSON answer (e.g. a proxy's error page)
+                body = None
             return answer.status, body
 
     async def directory(self) -> Directory:
