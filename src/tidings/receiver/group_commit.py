@@ -104,16 +104,18 @@ class GroupCommitter:
         return job.future
 
     def _run(self) -> None:
-        get, empty = self._queue.get, queue.Empty
+        get, get_nowait, empty = self._queue.get, self._queue.get_nowait, queue.Empty
         stopping = False
         while not stopping:
             batch = [get()]
-            # Linger a moment for more: each commit costs a flush and a few
-            # hundred microseconds of CPU, whatever its size.
-            deadline = time.monotonic() + self.linger
+            # Linger a moment for more, asleep: each commit costs a flush and a
+            # few hundred microseconds of CPU, whatever its size, and waking up
+            # for every record that arrives would cost a GIL hand-off each.
+            if self.linger:
+                time.sleep(self.linger)
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(get(timeout=max(0.0, deadline - time.monotonic())))
+                    batch.append(get_nowait())
                 except empty:
                     break
             writes, jobs = [], []

@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from tidings.contract.dates import format_date, parse_date
+
 SENDING = "Sending"
 FAILED = "Failed"
 SUCCESS = "Success"
@@ -100,14 +102,24 @@ def merge_message(current: MessageState | None, incoming: MessageState) -> Messa
     return MessageState(winner.snapshot, winner.event_type, current.is_deleted or incoming.is_deleted)
 
 
+def sortable_date(value: Any) -> str:
+    """A date as the contract spells it in UTC, which sorts as time; unreadable ones as they are."""
+    try:
+        return format_date(parse_date(value))
+    except (ValueError, TypeError):
+        return str(value or "")
+
+
 def conversation_precedence(snapshot: dict[str, Any], event_id: int) -> tuple[Any, ...]:
     """The order in which conversation snapshots win: newest last message, then last received.
 
-    Dates are compared as the contract spells them in UTC (they sort as time);
-    a snapshot without a last message loses to one with.
+    A snapshot without a last message loses to one with.
     """
-    last = snapshot.get("last_message") or {}
-    return (str(last.get("date") or ""), last.get("id") or 0, event_id)
+    last = snapshot.get("last_message")
+    if not isinstance(last, dict):
+        last = {}
+    last_id = last.get("id")
+    return (sortable_date(last.get("date")) if last else "", last_id if isinstance(last_id, int) else 0, event_id)
 
 
 def conversation_wins(

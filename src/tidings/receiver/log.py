@@ -11,6 +11,9 @@ smaller id, even with several receiver processes on one database.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -109,6 +112,8 @@ class EventLog:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._insert_event = _insert_ignoring_duplicates(receiver_events, self.engine.dialect.name)
         self._insert_quarantined = _insert_ignoring_duplicates(receiver_quarantine, self.engine.dialect.name)
+        database = self.engine.url.database if self.is_sqlite else None
+        self._write_lock_path = f"{database}.write-lock" if database and database != ":memory:" else None
 
     def create_schema(self) -> None:
         create_receiver_schema(self.engine)
@@ -118,9 +123,28 @@ class EventLog:
 
     # ---------------------------------------------------------------- writing
 
+    @contextlib.contextmanager
     def transaction(self):
-        """A write transaction (``with log.transaction() as conn: ...``)."""
-        return self.engine.begin()
+        """A write transaction (``with log.transaction() as conn: ...``).
+
+        On SQLite the writers of one file, in any process, first queue on a
+        ``flock`` beside it: a writer that finds SQLite's own lock taken
+        sleeps 1, 2, 5, 10... ms before it looks again, while a ``flock``
+        wakes the next writer the moment the previous one commits. Measured
+        with two receiver processes on one file (bench/receive.py --workers 2):
+        p50 latency at 2,000 events/s fell from tens of ms to a few.
+        """
+        if self._write_lock_path is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        descriptor = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            os.close(descriptor)  # releases the flock
 
     def lock_appends(self, conn: Connection) -> None:
         """Serialise appends across processes so that positions commit in order (PostgreSQL)."""
