@@ -131,7 +131,8 @@ def test_delivery_filters_from_a_query_string():
     assert wanted == DeliveryFilter("failed", "message_created", 4, MAY_FIRST_NOON, None)
     assert dashboard.delivery_filter({"config": "x", "since": "soon"}) == DeliveryFilter()
     assert dashboard.filter_query(wanted) == {"status": "failed", "event_type": "message_created", "config": "4",
-                                              "since": "2024-05-01T12:00"}
+                                              "since": "2024-05-01 12:00"}
+    assert dashboard.parse_utc_input("2024-05-01T14:00+02:00") == MAY_FIRST_NOON
 
 
 
@@ -444,3 +445,9 @@ async def test_send_test_posts_a_tryout_to_the_configurations_url(dash):
     async with dash.engine.connect() as conn:
         count = (await conn.execute(select(deliveries.c.id).where(deliveries.c.org_id == acme.org_id))).all()
     assert len(count) == 1
+
+
+async def test_mounting_twice_changes_nothing(dash):
+    routes = len(dash.app.routes)
+    mount_dashboard(dash.app)
+    assert len(dash.app.routes) == routes

@@ -219,3 +219,15 @@ async def test_the_live_poll_follows_the_projector_not_the_log(inbox):
     listed_change = _conversation_change(mine)
     assert listed_change.container == "conversations" and "second" in listed_change.html
     assert listed_change.order > _conversation_change(theirs).order  # newest activity first
+
+
+def test_mounting_twice_changes_nothing(sqlite_url):
+    from tidings.web.inbox import mount_inbox
+
+    store = Inbox(sqlite_url)
+    try:
+        routes = len(store.server.api.routes)
+        mount_inbox(store.server.api, store.service.receiver)
+        assert len(store.server.api.routes) == routes
+    finally:
+        store.server.stop()

@@ -213,7 +213,7 @@ class PlatformServer:
         engine = create_engine(self.db_url)
         self.context = PlatformContext(settings=self.settings, engine=engine, signer=self.signer)
         self.app = create_app(self.context, partner_seed=7)
-        mount_dashboard(self.app)
+        mount_dashboard(self.app)  # a no-op once create_app mounts it itself
         background: list[Background] = []
         if dispatch:
             self.dispatcher = Dispatcher(engine, self.signer, self.settings.delivery, poll_interval=0.1)
@@ -328,6 +328,7 @@ class ReceiverServer:
     def __init__(self, db_url: str, handlers: Any = None, *, poll_interval: float = 0.1) -> None:
         from tidings.contract.signing import public_key_whpk
         from tidings.receiver.service import ReceiverConfig, ReceiverService
+        from tidings.web.inbox import mount_inbox
 
         key = generate_private_key()
         self.signer = Signer(key)
@@ -336,7 +337,7 @@ class ReceiverServer:
                                 poll_interval=poll_interval, backoff_base=0.05, backoff_cap=0.1)
         self.service = ReceiverService(config, handlers)
         self.api = self.service.app.fallback  # the FastAPI app behind the webhook's path
-        mount_inbox_once(self.api, self.service.receiver)
+        mount_inbox(self.api, self.service.receiver)  # a no-op once the service mounts it itself
         self.served: ServedApp | None = None
         self._sent = 0
 
@@ -362,14 +363,6 @@ class ReceiverServer:
     def send(self, body: bytes) -> httpx.Response:
         """POSTs a signed body to the running receiver's webhook."""
         return httpx.post(self.base_url + "/webhook", content=body, headers=self.signed(body), timeout=10)
-
-
-def mount_inbox_once(api: Any, receiver: Any) -> None:
-    """Mounts the inbox unless the receiver's service already does."""
-    from tidings.web.inbox import PREFIX, mount_inbox
-
-    if not any(getattr(route, "path", "") == PREFIX for route in api.routes):
-        mount_inbox(api, receiver)
 
 
 def message_event(factory: Any, *, consumer: str | None = None, text: str = "Hello", content_type: str = "Text",

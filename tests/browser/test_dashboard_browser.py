@@ -36,7 +36,7 @@ def delivery_row(page: Page, delivery_id: int):
     return page.locator(f"#delivery-{delivery_id}")
 
 
-def test_a_new_delivery_appears_without_a_reload(page: Page, platform: PlatformServer, endpoint: Endpoint):
+def test_a_new_delivery_appears_without_a_reload(platform: PlatformServer, endpoint: Endpoint, page: Page):
     acme = platform.tenant("Acme")
     platform.subscribe(acme, endpoint.url)
     platform.ingest(acme, "Hello, are you open on Sunday?", number=1)
@@ -60,7 +60,7 @@ def test_a_new_delivery_appears_without_a_reload(page: Page, platform: PlatformS
     assert page.evaluate("window.stillTheSamePage") is True
 
 
-def test_resending_a_failed_delivery_adds_an_attempt(page: Page, platform: PlatformServer, endpoint: Endpoint):
+def test_resending_a_failed_delivery_adds_an_attempt(platform: PlatformServer, endpoint: Endpoint, page: Page):
     acme = platform.tenant("Acme")
     platform.subscribe(acme, endpoint.url)
     endpoint.status = 400  # final: no retry
@@ -89,7 +89,7 @@ def test_resending_a_failed_delivery_adds_an_attempt(page: Page, platform: Platf
 
 
 def test_one_organizations_session_cannot_see_anothers_data(
-    page: Page, platform: PlatformServer, endpoint: Endpoint
+    platform: PlatformServer, endpoint: Endpoint, page: Page
 ):
     acme = platform.tenant("Acme")
     globex = platform.tenant("Globex")

@@ -17,7 +17,7 @@ def receiver(tmp_path):
     server.stop()
 
 
-def test_a_new_message_appears_in_the_inbox(page: Page, receiver: ReceiverServer):
+def test_a_new_message_appears_in_the_inbox(receiver: ReceiverServer, page: Page):
     samples = SampleFactory(3)
     first = message_event(samples, consumer="Ana Martin", text="Hello, are you open on Sunday?",
                           date="2024-03-01 09:00:00.000000+00:00")
@@ -51,7 +51,7 @@ def test_a_new_message_appears_in_the_inbox(page: Page, receiver: ReceiverServer
     assert page.evaluate("window.stillTheSamePage") is True
 
 
-def test_an_unknown_content_type_shows_the_placeholder(page: Page, receiver: ReceiverServer):
+def test_an_unknown_content_type_shows_the_placeholder(receiver: ReceiverServer, page: Page):
     samples = SampleFactory(4)
     page.goto(receiver.base_url + "/inbox")
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")

@@ -42,7 +42,9 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
 def mount_dashboard(app: FastAPI) -> None:
-    """Adds the dashboard's pages, its stream and its static files to the platform's ``app``."""
+    """Adds the dashboard's pages, its stream and its static files to the platform's ``app`` (once)."""
+    if any(getattr(route, "path", None) == STATIC_PATH for route in app.routes):
+        return
     app.include_router(router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_exception_handler(session.SignInRequired, _sign_in_required)
@@ -58,9 +60,9 @@ async def _sign_in_required(request: Request, refused: session.SignInRequired) -
 
 
 def parse_utc_input(text: str | None) -> datetime | None:
-    """A time typed in a form (``datetime-local``: ``2024-01-15T09:30``), read as UTC.
+    """A time typed in a form (``2024-01-15 09:30``, or ISO 8601), read as UTC when it names no zone.
 
-    >>> parse_utc_input("2024-01-15T09:30")
+    >>> parse_utc_input("2024-01-15 09:30")
     datetime.datetime(2024, 1, 15, 9, 30, tzinfo=datetime.timezone.utc)
     >>> parse_utc_input("yesterday") is None
     True
@@ -76,7 +78,7 @@ def parse_utc_input(text: str | None) -> datetime | None:
 
 
 def utc_input_value(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def parse_positive_int(text: str | None) -> int | None:
@@ -432,7 +434,7 @@ async def recover(
     where = f" of configuration #{config_id}" if config_id else ""
     return back_to(
         PREFIX + "/deliveries",
-        f"{count} failed deliveries{where} since {utc_input_value(moment).replace('T', ' ')} UTC are queued again.",
+        f"{count} failed deliveries{where} since {utc_input_value(moment)} UTC are queued again.",
     )
 
 

@@ -46,8 +46,10 @@ def mount_inbox(app: FastAPI, receiver: Any | None = None) -> None:
 
     ``receiver``: the ``tidings.receiver.core.Receiver`` whose store the pages
     read and whose writer replays dead letters; when ``None``,
-    ``app.state.receiver`` is used.
+    ``app.state.receiver`` is used. Mounting twice changes nothing.
     """
+    if any(getattr(route, "path", None) == STATIC_PATH for route in app.routes):
+        return
     if receiver is not None:
         app.state.inbox_receiver = receiver
     app.include_router(router)

@@ -10,7 +10,9 @@ browser that reconnects sends it back as ``Last-Event-ID`` and misses nothing.
 
 A stream ends after ``STREAM_LIFETIME`` seconds and the browser reconnects at
 once; so each connection proves its sign-in again now and then, and a server
-that shuts down is not held by open streams for long.
+that shuts down is not held by open streams for long: uvicorn waits for open
+responses before it stops (unless ``timeout_graceful_shutdown`` is set), and
+nothing tells a streaming response that the server is stopping.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from starlette.responses import StreamingResponse
 
 POLL_INTERVAL = 1.0  # seconds between two looks at the database
 KEEP_ALIVE = 15.0  # seconds of silence after which a comment keeps proxies from closing the stream
-STREAM_LIFETIME = 120.0
+STREAM_LIFETIME = 30.0
 RETRY_MS = 1000  # how soon the browser reconnects
 
 
