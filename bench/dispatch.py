@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -91,7 +90,7 @@ class Database:
         self.server_url = url
         self.name = None
         if url is None:
-            self.url = f"sqlite:///{scratch / 'dispatch.db'}"
+            self.url = f"sqlite:///{scratch / f'dispatch-{uuid.uuid4().hex[:8]}.db'}"
             self.store = "sqlite"
         else:
             import psycopg

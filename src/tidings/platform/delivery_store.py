@@ -37,10 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tidings.platform.outbox import HELD, PENDING
 from tidings.store.platform_tables import attempts, deliveries, events, webhook_configs, workers
 
-__all__ = [
-    "DELIVERED", "DELIVERING", "FAILED", "FINAL_STATUSES", "HELD", "PENDING", "STATUSES",
-    "AttemptRow", "ResultRow", "ReleaseRow",
-]
 
 DELIVERING = "delivering"
 DELIVERED = "delivered"
