@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tidings.cli import demo, events, keys, platform, receiver, serve, simulate
+from tidings.cli import demo, events, keys, platform, receiver, serve, simulate, worker
 from tidings.cli.errors import CliError
 
 app = typer.Typer(
@@ -23,6 +23,9 @@ app.command("receive")(receiver.receive_command)
 platform.mount(app)
 app.command("demo", help="Run the platform, a receiver and simulated traffic on an embedded SQLite.")(demo.demo_command)
 app.command("serve", help="Serve the platform: the /v2 API, the dashboard and a dispatcher.")(serve.serve_command)
+app.command("worker", help="Deliver webhooks from the database, alone; several can share one PostgreSQL.")(
+    worker.worker_command
+)
 app.command("simulate", help="Send simulated traffic to a running platform, with a progress bar.")(
     simulate.simulate_command
 )
