@@ -56,6 +56,7 @@ def receive_command(
     max_wait: float = typer.Option(2.0, "--max-wait", help="seconds a request may wait for its commit before 503"),
     tolerance: int = typer.Option(300, "--tolerance", help="seconds a webhook-timestamp may be off"),
     workers: int = typer.Option(1, "--workers", help="worker processes (each verifies and commits)"),
+    verify_threads: int = typer.Option(1, "--verify-threads", help="threads per worker that verify signatures"),
 ) -> None:
     """Run the receiver: verify, store, acknowledge; then project the inbox and run the handlers."""
     from tidings.contract.signing import KeyFormatError
@@ -80,6 +81,7 @@ def receive_command(
         where=list(where),
         max_tries=max_tries,
         workers=workers,
+        verify_threads=verify_threads,
     )
     try:
         config.verifier()
