@@ -41,6 +41,7 @@ from tidings.receiver.answers import BUSY, Answer, not_an_event, unauthorized
 from tidings.receiver.dedupe import dedupe_key
 from tidings.receiver.group_commit import GroupCommitter, settle
 from tidings.receiver.log import EVENT, QUARANTINE, EventLog, QuarantinedBody, Record, ReprocessOutcome
+from tidings.receiver.sodium import sodium_verifier
 
 logger = logging.getLogger("tidings.receiver")
 
@@ -111,7 +112,7 @@ class Receiver:
         self.log = EventLog(log) if isinstance(log, str) else log
         if create_schema:
             self.log.create_schema()
-        self.verifier = verifier
+        self.verifier = sodium_verifier(verifier)
         self.url_secret = url_secret
         self.strict = strict
         self.parse = parse
