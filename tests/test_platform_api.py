@@ -14,7 +14,7 @@ from tests.platform_support import running_platform, with_settings
 from tidings.contract import EVENT_TYPES, SenderType
 from tidings.contract.signing import SECRET_PREFIX, secret_bytes
 from tidings.platform import tenants
-from tidings.platform.conversations import IncomingMessage, ingest_custom_message
+from tidings.platform.ingestion import IncomingMessage, ingest_custom_message
 from tidings.platform.settings import DeliverySettings
 from tidings.store.platform_tables import deliveries, webhook_configs
 

@@ -20,7 +20,8 @@ from tidings.contract.signing import Signer, generate_private_key
 from tidings.platform import tenants
 from tidings.platform.api.app import create_app
 from tidings.platform.api.context import PlatformContext
-from tidings.platform.conversations import IncomingMessage, ingest_custom_message, receive_partner_message
+from tidings.platform.conversations import receive_partner_message
+from tidings.platform.ingestion import IncomingMessage, ingest_custom_message
 from tidings.store.engine import create_engine
 
 # The test delivery sends a real request to the URL it is given: never to generated hosts.

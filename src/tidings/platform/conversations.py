@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, select, true, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import (
@@ -161,6 +160,10 @@ def message_from_row(row: Mapping[str, Any], prefix: str = "") -> Message:
     )
 
 
+def _unprefixed(row: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {key[len(prefix):]: value for key, value in row.items() if key.startswith(prefix)}
+
+
 def conversation_from_row(row: Mapping[str, Any], *, last_message: Message | None = None) -> Conversation:
     """The contract's Conversation of a ``select_conversations()`` row.
 
@@ -169,35 +172,41 @@ def conversation_from_row(row: Mapping[str, Any], *, last_message: Message | Non
     """
     if last_message is None and row["last__id"] is not None:
         last_message = message_from_row(row, "last__")
-    channel = None
-    if row["channel__id"] is not None:
-        channel = ConversationCustomChannel(
-            id=row["channel__id"], name=row["channel__name"], icon=row["channel__icon"],
-            is_readonly=row["channel__is_readonly"], external_conversation_id=row["external_conversation_id"] or "")
-    first_message_date: datetime = row["first_message_date"] or row["created_at"]
+    channel = _unprefixed(row, "channel__") if row["channel__id"] is not None else None
+    return conversation_model(row, _unprefixed(row, "business__"), channel, last_message)
+
+
+def conversation_model(conversation: Mapping[str, Any], business: Mapping[str, Any],
+                       channel: Mapping[str, Any] | None, last_message: Message | None) -> Conversation:
+    """The contract's Conversation from its row, its business's and its custom channel's."""
+    custom_channel = None
+    if channel is not None:
+        custom_channel = ConversationCustomChannel(
+            id=channel["id"], name=channel["name"], icon=channel["icon"], is_readonly=channel["is_readonly"],
+            external_conversation_id=conversation["external_conversation_id"] or "")
+    first_message_date: datetime = conversation["first_message_date"] or conversation["created_at"]
     return Conversation(
-        id=row["id"],
-        consumer_img=row["consumer_img"],
-        consumer_name=row["consumer_name"],
-        consumer_phone_number=row["consumer_phone_number"],
-        consumer_email=row["consumer_email"],
+        id=conversation["id"],
+        consumer_img=conversation["consumer_img"],
+        consumer_name=conversation["consumer_name"],
+        consumer_phone_number=conversation["consumer_phone_number"],
+        consumer_email=conversation["consumer_email"],
         last_message=last_message,
-        is_read=row["is_read"],
-        status=row["status"],
-        created_at=row["created_at"],
-        has_one_user_message=row["has_one_user_message"],
+        is_read=conversation["is_read"],
+        status=conversation["status"],
+        created_at=conversation["created_at"],
+        has_one_user_message=conversation["has_one_user_message"],
         business=Business(
-            id=row["business__id"], name=row["business__name"], city=row["business__city"],
-            zipcode=row["business__zipcode"], country=row["business__country"],
-            formatted_address=row["business__formatted_address"]),
-        messaging_partner=row["messaging_partner"],
-        issues=list(row["issues"] or []),
+            id=business["id"], name=business["name"], city=business["city"], zipcode=business["zipcode"],
+            country=business["country"], formatted_address=business["formatted_address"]),
+        messaging_partner=conversation["messaging_partner"],
+        issues=list(conversation["issues"] or []),
         first_message_date=format_date(first_message_date),
-        is_expired=row["is_expired"],
-        is_solved=row["is_solved"],
-        is_automated=row["is_automated"],
-        assigned_user_id=row["assigned_user_id"],
-        custom_channel=channel,
+        is_expired=conversation["is_expired"],
+        is_solved=conversation["is_solved"],
+        is_automated=conversation["is_automated"],
+        assigned_user_id=conversation["assigned_user_id"],
+        custom_channel=custom_channel,
     )
 
 
@@ -217,149 +226,7 @@ async def emit(conn: AsyncConnection, signer: Signer, event_type: str, *, org_id
     return await record_event(conn, org_id=org_id, event=event, signer=signer)
 
 
-# ---------------------------------------------------------------- ingestion
-
-
-@dataclass(frozen=True)
-class IncomingMessage:
-    """A message posted to ``POST /v2/custom-channels/{channel_id}/messages``."""
-
-    business_id: str
-    external_conversation_id: str
-    external_message_id: str
-    content: str
-    sender_type: str = "Consumer"
-    content_type: str = "Text"
-    consumer_name: str | None = None
-    consumer_img: str | None = None
-    sender_label: str | None = None
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    message_id: int
-    conversation_id: int
-    duplicate: bool
-
-
-def _insert_ignoring_conflict(conn: AsyncConnection, table, index_elements: list[str], values: dict):
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on either engine."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return (dialect.insert(table).values(**values)
-            .on_conflict_do_nothing(index_elements=index_elements).returning(table.c.id))
-
-
-async def ingest_custom_message(conn: AsyncConnection, signer: Signer, *, org_id: int, channel_id: str,
-                                incoming: IncomingMessage) -> IngestResult:
-    """Stores a custom channel's message and records its ``message_created``.
-
-    Messages with one ``external_conversation_id`` share a conversation,
-    created with the first; a second message with an ``external_message_id``
-    already ingested on the channel is a duplicate: nothing is stored or sent.
-    A handful of statements, whatever the number of webhooks.
-    """
-    if incoming.sender_type not in INGESTED_SENDER_TYPES:
-        raise MessagingError(f"sender_type must be User or Consumer, not {incoming.sender_type!r}")
-    known = (await conn.execute(
-        select(
-            custom_channels.c.name.label("channel_name"),
-            businesses.c.name.label("business_name"),
-            select(messages.c.id).where(
-                messages.c.custom_channel_id == channel_id,
-                messages.c.external_message_id == incoming.external_message_id,
-            ).scalar_subquery().label("duplicate_id"),
-            select(conversations.c.id).where(
-                conversations.c.custom_channel_id == channel_id,
-                conversations.c.external_conversation_id == incoming.external_conversation_id,
-            ).scalar_subquery().label("conversation_id"),
-        ).select_from(custom_channels.join(businesses, true()))  # two lookups by key, one row
-        .where(custom_channels.c.id == channel_id, custom_channels.c.org_id == org_id,
-                businesses.c.id == incoming.business_id, businesses.c.org_id == org_id)
-    )).first()
-    if known is None:
-        raise await _why_not_ingestible(conn, org_id, channel_id, incoming.business_id)
-    if known.duplicate_id is not None:
-        return await _duplicate(conn, known.duplicate_id)
-
-    now = utcnow()
-    conversation_id = known.conversation_id
-    if conversation_id is None:
-        conversation_id = await _create_custom_conversation(conn, org_id, channel_id, incoming, now)
-
-    is_user = incoming.sender_type == SenderType.USER
-    label = incoming.sender_label
-    if label is None:
-        label = known.business_name if is_user else (incoming.consumer_name or "")
-    message_id = (await conn.execute(_insert_ignoring_conflict(conn, messages, ["custom_channel_id", "external_message_id"], {
-        "conversation_id": conversation_id, "org_id": org_id, "date": now,
-        "content_type": incoming.content_type, "sender_type": incoming.sender_type, "sender_label": label,
-        "status": str(MessageStatus.SUCCESS), "is_deleted": False, "is_automated": False,
-        "content": incoming.content, "user_id": None, "custom_channel_id": channel_id,
-        "external_message_id": incoming.external_message_id,
-    }))).scalar()
-    if message_id is None:  # the same message, ingested concurrently by another request
-        duplicate_id = (await conn.execute(select(messages.c.id).where(
-            messages.c.custom_channel_id == channel_id,
-            messages.c.external_message_id == incoming.external_message_id))).scalar_one()
-        return await _duplicate(conn, duplicate_id)
-
-    changes: dict[str, Any] = {
-        "last_message_id": message_id,
-        "first_message_date": func.coalesce(conversations.c.first_message_date, now),
-        "is_read": is_user,
-    }
-    if is_user:
-        changes["has_one_user_message"] = True
-    if incoming.consumer_name is not None:
-        changes["consumer_name"] = incoming.consumer_name
-    if incoming.consumer_img is not None:
-        changes["consumer_img"] = incoming.consumer_img
-    await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
-    row = await load_conversation(conn, conversation_id)
-    if row["business_id"] != incoming.business_id:
-        raise Refused(
-            f"conversation {incoming.external_conversation_id!r} of this channel belongs to business "
-            f"{row['business_id']}, not {incoming.business_id}")
-    message = message_from_row(row, "last__")
-    await emit(conn, signer, "message_created", org_id=org_id, message=message,
-               conversation=conversation_from_row(row, last_message=message))
-    return IngestResult(message_id=message_id, conversation_id=conversation_id, duplicate=False)
-
-
-async def _create_custom_conversation(conn: AsyncConnection, org_id: int, channel_id: str,
-                                      incoming: IncomingMessage, now: datetime) -> int:
-    created = (await conn.execute(_insert_ignoring_conflict(
-        conn, conversations, ["custom_channel_id", "external_conversation_id"], {
-            "org_id": org_id, "business_id": incoming.business_id, "messaging_partner": CUSTOM_CHANNEL_PARTNER,
-            "custom_channel_id": channel_id, "external_conversation_id": incoming.external_conversation_id,
-            "consumer_name": incoming.consumer_name, "consumer_img": incoming.consumer_img,
-            "is_read": False, "status": str(ConversationStatus.OPEN), "issues": [], "created_at": now,
-            "first_message_date": now, "has_one_user_message": False, "is_expired": False,
-            "is_solved": False, "is_automated": False,
-        }))).scalar()
-    if created is not None:
-        return created
-    # Created meanwhile by a concurrent request: join it.
-    return (await conn.execute(select(conversations.c.id).where(
-        conversations.c.custom_channel_id == channel_id,
-        conversations.c.external_conversation_id == incoming.external_conversation_id))).scalar_one()
-
-
-async def _duplicate(conn: AsyncConnection, message_id: int) -> IngestResult:
-    conversation_id = (await conn.execute(
-        select(messages.c.conversation_id).where(messages.c.id == message_id))).scalar_one()
-    return IngestResult(message_id=message_id, conversation_id=conversation_id, duplicate=True)
-
-
-async def _why_not_ingestible(conn: AsyncConnection, org_id: int, channel_id: str, business_id: str) -> MessagingError:
-    channel_org = (await conn.execute(
-        select(custom_channels.c.org_id).where(custom_channels.c.id == channel_id))).scalar()
-    if channel_org != org_id:  # another organization's channel is not found either
-        return NotFound(f"no custom channel {channel_id!r} in this organization")
-    business_org = (await conn.execute(select(businesses.c.org_id).where(businesses.c.id == business_id))).scalar()
-    if business_org != org_id:
-        return MessagingError(f"no business {business_id!r} in this organization")
-    return MessagingError("the message cannot be ingested")  # pragma: no cover - both exist and match
+# Ingestion of custom channels' messages is in ``tidings.platform.ingestion``.
 
 
 # ---------------------------------------------------------------- replies
@@ -531,7 +398,8 @@ async def receive_partner_message(conn: AsyncConnection, signer: Signer, *, org_
                                   partner: str, content: str, consumer_name: str | None = None,
                                   consumer_phone_number: str | None = None, consumer_email: str | None = None,
                                   consumer_img: str | None = None, conversation_id: int | None = None,
-                                  status: str = "Open", issues: Sequence[str] = ()) -> tuple[int, int]:
+                                  status: str = "Open", issues: Sequence[str] = (),
+                                  content_type: str = "Text") -> tuple[int, int]:
     """A consumer's message arriving from a built-in partner (Facebook, SMS, ...),
     in a new conversation or in ``conversation_id``; returns ``(conversation_id, message_id)``.
 
@@ -557,7 +425,7 @@ async def receive_partner_message(conn: AsyncConnection, signer: Signer, *, org_
             has_one_user_message=False, is_expired=False, is_solved=False, is_automated=False,
         ).returning(conversations.c.id))).scalar_one()
     message_id = (await conn.execute(insert(messages).values(
-        conversation_id=conversation_id, org_id=org_id, date=now, content_type="Text",
+        conversation_id=conversation_id, org_id=org_id, date=now, content_type=content_type,
         sender_type=str(SenderType.CONSUMER), sender_label=consumer_name or "", status=str(MessageStatus.SUCCESS),
         is_deleted=False, is_automated=False, content=content, user_id=None,
     ).returning(messages.c.id))).scalar_one()

@@ -15,8 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tidings.contract import MessageCreated, MessageUpdated
-from tidings.platform.api import conversation_routes, webhook_routes
+from tidings.platform.api import conversation_routes, directory_routes, webhook_routes
 from tidings.platform.api.context import PlatformContext
+from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
 
 
@@ -34,6 +35,7 @@ def validation_problem(exc: RequestValidationError) -> dict:
 def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> FastAPI:
     """The ``/v2`` API over ``context``; ``partner_seed`` pins the simulated partners' answers."""
     partners = PartnerSimulator(context.engine, context.signer, context.settings.partners, seed=partner_seed)
+    ingest_queue = IngestQueue(context.engine, context.signer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -42,6 +44,7 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
             yield
         finally:
             await partners.stop()
+            await ingest_queue.stop()
 
     app = FastAPI(
         title="tidings",
@@ -53,6 +56,7 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     )
     app.state.platform = context
     app.state.partners = partners
+    app.state.ingest_queue = ingest_queue
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -60,6 +64,7 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
 
     app.include_router(webhook_routes.router)
     app.include_router(conversation_routes.router)
+    app.include_router(directory_routes.router)
     if importlib.util.find_spec("tidings.platform.api.delivery_routes") is not None:
         # Imported only when present, so that an error inside it is not hidden.
         from tidings.platform.api.delivery_routes import router as delivery_router

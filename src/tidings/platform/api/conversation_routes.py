@@ -21,7 +21,6 @@ from tidings.platform.api.models import (
     storable,
 )
 from tidings.platform.conversations import (
-    IncomingMessage,
     MessagingError,
     NotFound,
     Refused,
@@ -29,7 +28,6 @@ from tidings.platform.conversations import (
     conversation_from_row,
     decode_cursor,
     encode_cursor,
-    ingest_custom_message,
     load_conversation,
     message_from_row,
     retry_reply,
@@ -38,6 +36,7 @@ from tidings.platform.conversations import (
     user_id_of_key,
 )
 from tidings.contract import Conversation, Message
+from tidings.platform.ingestion import ChannelMessage, IncomingMessage
 from tidings.store.platform_tables import api_keys, conversations, messages
 
 router = APIRouter(prefix="/v2", responses={
@@ -76,22 +75,22 @@ def cursor_position(cursor: str | None) -> int | None:
              responses={404: {"model": Problem, "description": "no such channel in the organization"},
                         409: {"model": Problem, "description": "the conversation belongs to another business"}})
 async def ingest_message(
-    body: IncomingMessageIn,
+    body: IncomingMessageIn, request: Request,
     channel_id: str = Path(max_length=24, description="The custom channel's id"),
     org: OrgContext = Depends(org_context), platform: PlatformContext = Depends(platform_context),
 ) -> dict[str, Any]:
     """Messages with one ``external_conversation_id`` share a conversation,
     created with the first; a message whose ``external_message_id`` was
     already ingested on the channel is a duplicate: it is not stored again and
-    no event is sent (``duplicate`` is true)."""
+    no event is sent (``duplicate`` is true). The answer comes once the
+    message is committed; concurrent messages share one commit."""
     try:
         storable(channel_id)
     except ValueError as error:
         raise HTTPException(422, detail=f"channel_id: {error}") from None
     try:
-        async with platform.engine.begin() as conn:
-            result = await ingest_custom_message(conn, platform.signer, org_id=org.org_id, channel_id=channel_id,
-                                                 incoming=IncomingMessage(**body.model_dump()))
+        result = await request.app.state.ingest_queue.ingest(
+            ChannelMessage(org.org_id, channel_id, IncomingMessage(**body.model_dump())))
     except MessagingError as error:
         raise refusal(error) from None
     return {"message_id": result.message_id, "conversation_id": result.conversation_id,

@@ -23,7 +23,6 @@ from tidings.platform.api.auth import OrgContext, org_context
 from tidings.platform.api.context import PlatformContext, platform_context
 from tidings.platform.api.models import (
     LARGEST_ID,
-    CreatedWebhookConfig,
     CreatedWebhookConfigs,
     EventTypes,
     Problem,

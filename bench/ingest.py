@@ -1,0 +1,310 @@
+"""How fast the platform ingests custom-channel messages, beside a plain
+FastAPI endpoint committing one row per request to SQLite, in the same run.
+
+    python bench/ingest.py                                  # SQLite
+    python bench/ingest.py --db postgresql://postgres@127.0.0.1:5432/test
+    python bench/ingest.py --duration 10 --concurrency 64
+
+The platform (``create_app``, uvicorn) runs in a child process over a fresh
+database holding one organization with a webhook configuration for each
+event type (``message_created`` and ``message_updated``, so every message
+is recorded with its event and a delivery, as the transactional outbox
+does); no dispatcher runs. Many concurrent aiohttp clients in this process
+post messages (unique ``external_message_id``, spread over 1,000
+conversations) for ``--duration`` seconds. The baseline, a plain FastAPI +
+pydantic endpoint inserting one row per request into SQLite through the
+same engine set-up (WAL, ``synchronous=FULL``), runs in a child process
+under the same load. The last line printed is one JSON object.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the baseline's local model from its annotations.
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+PYTHON = sys.executable
+CONVERSATIONS = 1_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the servers (child processes)
+
+
+def serve_platform(db_url: str, port: int) -> None:
+    import uvicorn
+
+    from tidings.contract.signing import Signer, generate_private_key
+    from tidings.platform.api.app import create_app
+    from tidings.platform.api.context import PlatformContext
+    from tidings.platform.settings import DeliverySettings, PlatformSettings
+    from tidings.store.engine import create_engine
+
+    settings = PlatformSettings(db_url=db_url, delivery=DeliverySettings(allow_private_targets=True, allow_http=True))
+    engine = create_engine(db_url, pool_size=20, max_overflow=0)
+    app = create_app(PlatformContext(settings=settings, engine=engine, signer=Signer(generate_private_key())))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_baseline(db_url: str, port: int) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert
+
+    from tidings.store.engine import create_engine, create_sync_engine
+
+    metadata = MetaData()
+    rows = Table("baseline_messages", metadata, Column("id", Integer, primary_key=True),
+                 Column("external_message_id", String(500), nullable=False), Column("content", Text, nullable=False))
+    sync_engine = create_sync_engine(db_url)
+    metadata.create_all(sync_engine)
+    sync_engine.dispose()
+    engine = create_engine(db_url, pool_size=20, max_overflow=0)
+
+    class Incoming(BaseModel):
+        business_id: str
+        external_conversation_id: str
+        external_message_id: str
+        content: str
+        sender_type: str
+
+    app = FastAPI()
+
+    @app.post("/v2/custom-channels/{channel_id}/messages")
+    async def ingest(channel_id: str, body: Incoming) -> dict:
+        async with engine.begin() as conn:
+            row_id = (await conn.execute(insert(rows).values(
+                external_message_id=body.external_message_id, content=body.content).returning(rows.c.id))).scalar_one()
+        return {"message_id": row_id}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Server:
+    def __init__(self, role: str, db_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen([PYTHON, __file__, "--child", role, "--db", db_url, "--port", str(self.port)])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {role} server did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+# ---------------------------------------------------------------- the load
+
+
+async def load(url: str, api_key: str, channel_id: str, business_id: str, *, duration: float, concurrency: int,
+               run: str) -> dict:
+    """``concurrency`` clients post messages for ``duration`` seconds."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(10**12))
+    path = f"{url}/v2/custom-channels/{channel_id}/messages"
+    headers = {"x-APIKey": api_key, "Content-Type": "application/json"}
+
+    async def client(session: aiohttp.ClientSession, stop_at: float) -> None:
+        while time.perf_counter() < stop_at:
+            number = next(counter)
+            body = json.dumps({
+                "business_id": business_id, "external_conversation_id": f"{run}-conv-{number % CONVERSATIONS}",
+                "external_message_id": f"{run}-msg-{number}", "content": f"Hello, is order {number} ready?",
+                "sender_type": "Consumer", "consumer_name": "Bench Client",
+            })
+            started = time.perf_counter()
+            try:
+                async with session.post(path, data=body, headers=headers) as answer:
+                    await answer.read()
+                    if answer.status != 200:
+                        errors[str(answer.status)] = errors.get(str(answer.status), 0) + 1
+                        continue
+            except aiohttp.ClientError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*[client(session, started + duration) for _ in range(concurrency)])
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def percentile(share: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(share * len(latencies)))] * 1000, 2) if latencies else None
+
+    return {"requests": len(latencies), "rate": round(len(latencies) / elapsed, 1), "errors": errors,
+            "p50_ms": percentile(0.50), "p99_ms": percentile(0.99)}
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def prepare_platform_database(db_url: str) -> tuple[str, str, str]:
+    """Schema, one organization, its business and channel, and its two
+    webhook configurations; returns ``(api_key, channel_id, business_id)``."""
+    from tidings.store.migrate import head_revision, upgrade
+
+    if head_revision() != "base":
+        upgrade(db_url)
+    else:
+        from tidings.store import all_tables  # noqa: F401
+        from tidings.store.engine import create_sync_engine
+        from tidings.store.metadata import metadata
+
+        engine = create_sync_engine(db_url)
+        metadata.create_all(engine)
+        engine.dispose()
+
+    async def tenants() -> tuple[str, str, str]:
+        from sqlalchemy import insert
+
+        from tidings.contract import utcnow
+        from tidings.contract.signing import generate_secret
+        from tidings.platform import tenants as setup
+        from tidings.store.engine import create_engine
+        from tidings.store.platform_tables import webhook_configs
+
+        engine = create_engine(db_url)
+        try:
+            async with engine.begin() as conn:
+                org_id, key = await setup.create_organization(conn, "Bench")
+                business_id = await setup.create_business(conn, org_id, "Bench shop")
+                channel_id = await setup.create_custom_channel(conn, org_id, "Bench chat")
+                now = utcnow()
+                for event_type in ("message_created", "message_updated"):
+                    await conn.execute(insert(webhook_configs).values(
+                        org_id=org_id, url="http://127.0.0.1:9/hook", event_type=event_type, custom_headers={},
+                        secret=generate_secret(), created_at=now, updated_at=now))
+        finally:
+            await engine.dispose()
+        return key, channel_id, business_id
+
+    return asyncio.run(tenants())
+
+
+def stored_counts(db_url: str) -> dict:
+    from sqlalchemy import func, select
+
+    from tidings.store.engine import create_sync_engine
+    from tidings.store.platform_tables import deliveries, events, messages
+
+    engine = create_sync_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return {name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                    for name, table in (("messages", messages), ("events", events), ("deliveries", deliveries))}
+    finally:
+        engine.dispose()
+
+
+class PostgresDatabase:
+    def __init__(self, server_url: str) -> None:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        self.server_url = server_url
+        self.name = f"tidings_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = make_url(server_url).set(database=self.name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------- main
+
+
+def measure(role: str, db_url: str, setup, *, duration: float, concurrency: int) -> dict:
+    key, channel_id, business_id = setup
+    server = Server(role, db_url)
+    try:
+        # A short warm-up, so that imports and first connections are not measured.
+        asyncio.run(load(server.url, key, channel_id, business_id, duration=1.0, concurrency=concurrency, run="warm"))
+        return asyncio.run(load(server.url, key, channel_id, business_id, duration=duration,
+                                concurrency=concurrency, run="run"))
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default=None, help="a PostgreSQL server URL (a fresh database is made); SQLite if absent")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load for each server")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
+    parser.add_argument("--child", choices=["platform", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "platform":
+        serve_platform(args.db, args.port)
+        return
+    if args.child == "baseline":
+        serve_baseline(args.db, args.port)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-") as scratch:
+        postgres = PostgresDatabase(args.db) if args.db else None
+        try:
+            platform_url = postgres.url if postgres else f"sqlite:///{Path(scratch) / 'platform.db'}"
+            baseline_url = f"sqlite:///{Path(scratch) / 'baseline.db'}"
+            setup = prepare_platform_database(platform_url)
+            baseline = measure("baseline", baseline_url, setup, duration=args.duration, concurrency=args.concurrency)
+            print(f"baseline (FastAPI, one SQLite row per request): {baseline}", flush=True)
+            platform = measure("platform", platform_url, setup, duration=args.duration, concurrency=args.concurrency)
+            print(f"platform (ingestion, event and delivery per message): {platform}", flush=True)
+            counts = stored_counts(platform_url)
+        finally:
+            if postgres:
+                postgres.drop()
+    result = {
+        "bench": "ingest", "store": "postgresql" if args.db else "sqlite",
+        "rate": platform["rate"], "baseline_rate": baseline["rate"],
+        "ratio": round(platform["rate"] / baseline["rate"], 3) if baseline["rate"] else None,
+        "requests": platform["requests"], "errors": platform["errors"],
+        "p50_ms": platform["p50_ms"], "p99_ms": platform["p99_ms"],
+        "baseline_p50_ms": baseline["p50_ms"], "baseline_p99_ms": baseline["p99_ms"],
+        "concurrency": args.concurrency, "duration_s": args.duration, "webhook_configs": 2,
+        "stored": counts, "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

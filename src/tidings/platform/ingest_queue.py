@@ -1,0 +1,105 @@
+"""Group commit for custom-channel ingestion: the messages of many requests
+are stored, with their events and deliveries, in one transaction.
+
+A request hands its message to the queue and waits; one writer task takes
+everything that queued up while the previous transaction was being written,
+ingests it with ``ingest_messages`` (about a dozen statements for the whole
+batch) and answers every request after the commit. So a burst of messages
+costs one commit (one disk flush) and a few statements instead of a dozen
+statements and a commit each, SQLite sees one writer per process instead of
+many fighting for its lock, and a message is answered only once it is
+durably stored.
+
+Refusals are decided before any write, so a refused message leaves the
+others of its batch untouched. Should a batch fail for another reason (a
+database error), each of its messages is tried again in a transaction of its
+own, so that one bad message fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.contract.signing import Signer
+from tidings.platform.ingestion import ChannelMessage, IngestResult, Outcome, ingest_messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    message: ChannelMessage
+    answer: asyncio.Future = field(repr=False)
+
+
+class IngestQueue:
+    """The one writer of ingested messages in this process."""
+
+    def __init__(self, engine: AsyncEngine, signer: Signer, *, max_batch: int = 500) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.max_batch = max_batch
+        self._waiting: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.batches = 0  # transactions committed, for tests and metrics
+
+    async def ingest(self, message: ChannelMessage) -> IngestResult:
+        """Stores the message (or finds its duplicate); returns once committed.
+
+        Raises ``MessagingError`` (or a subclass) for a refusal.
+        """
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Pending(message, answer))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-queue")
+        return await answer
+
+    async def stop(self) -> None:
+        for pending in self._waiting:
+            pending.answer.cancel()
+        self._waiting = []
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+                try:
+                    outcomes = await self._write([pending.message for pending in batch])
+                except BaseException:  # cancelled (the process stops): no request waits forever
+                    for pending in batch:
+                        if not pending.answer.done():
+                            pending.answer.cancel()
+                    raise
+                for pending, outcome in zip(batch, outcomes):
+                    if pending.answer.done():  # the request went away meanwhile
+                        continue
+                    if isinstance(outcome, Exception):  # a refusal (MessagingError) or a failure
+                        pending.answer.set_exception(outcome)
+                    else:
+                        pending.answer.set_result(outcome)
+
+    async def _write(self, batch: list[ChannelMessage]) -> list[Outcome | Exception]:
+        try:
+            async with self.engine.begin() as conn:
+                outcomes: list[Outcome | Exception] = list(await ingest_messages(conn, self.signer, batch))
+        except Exception as error:
+            if len(batch) == 1:
+                return [error]
+            log.warning("a batch of %d messages failed; ingesting them one by one", len(batch), exc_info=True)
+            return [(await self._write([message]))[0] for message in batch]
+        self.batches += 1
+        return outcomes

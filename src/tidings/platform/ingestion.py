@@ -1,0 +1,327 @@
+"""Ingestion of custom channels' messages (``POST /v2/custom-channels/{id}/messages``).
+
+Messages with one ``external_conversation_id`` share a conversation, created
+with the first; a message whose ``external_message_id`` was already
+ingested on its channel is a duplicate: nothing is stored or sent for it.
+Each new message gets its ``message_created`` event, and the event its
+deliveries, in the same transaction.
+
+``ingest_messages`` takes many messages at once (the API batches concurrent
+requests, ``tidings.platform.ingest_queue``) and does their work in about a
+dozen statements, whatever their number: the reads first, then every
+decision in Python, then the writes. Every refusal is decided before the
+first write, so a refused message leaves the others untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.contract import ConversationStatus, EventPayload, MessageCreated, MessageStatus, SenderType, utcnow
+from tidings.contract.signing import Signer
+from tidings.platform.conversations import (
+    CUSTOM_CHANNEL_PARTNER,
+    INGESTED_SENDER_TYPES,
+    MessagingError,
+    NotFound,
+    Refused,
+    conversation_model,
+    message_from_row,
+)
+from tidings.platform.outbox_batch import record_events
+from tidings.store.platform_tables import businesses, conversations, custom_channels, messages
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message posted to ``POST /v2/custom-channels/{channel_id}/messages``."""
+
+    business_id: str
+    external_conversation_id: str
+    external_message_id: str
+    content: str
+    sender_type: str = "Consumer"
+    content_type: str = "Text"
+    consumer_name: str | None = None
+    consumer_img: str | None = None
+    sender_label: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelMessage:
+    """An incoming message with the organization and channel it was posted for."""
+
+    org_id: int
+    channel_id: str
+    incoming: IncomingMessage
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    message_id: int
+    conversation_id: int
+    duplicate: bool
+
+
+Outcome = IngestResult | MessagingError
+
+
+async def ingest_custom_message(conn: AsyncConnection, signer: Signer, *, org_id: int, channel_id: str,
+                                incoming: IncomingMessage) -> IngestResult:
+    """One message; raises ``MessagingError`` (or a subclass) for a refusal."""
+    [outcome] = await ingest_messages(conn, signer, [ChannelMessage(org_id, channel_id, incoming)])
+    if isinstance(outcome, MessagingError):
+        raise outcome
+    return outcome
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def ingest_refusal(item: ChannelMessage, channel: Mapping | None, business: Mapping | None) -> MessagingError | None:
+    """Why ``item`` cannot be ingested at all, or ``None``."""
+    if item.incoming.sender_type not in INGESTED_SENDER_TYPES:
+        return MessagingError(f"sender_type must be User or Consumer, not {item.incoming.sender_type!r}")
+    if channel is None or channel["org_id"] != item.org_id:  # another organization's is not found either
+        return NotFound(f"no custom channel {item.channel_id!r} in this organization")
+    if business is None or business["org_id"] != item.org_id:
+        return MessagingError(f"no business {item.incoming.business_id!r} in this organization")
+    return None
+
+
+def business_refusal(item: ChannelMessage, conversation: Mapping) -> Refused | None:
+    """A conversation keeps the business it was created for."""
+    if conversation["business_id"] == item.incoming.business_id:
+        return None
+    return Refused(f"conversation {item.incoming.external_conversation_id!r} of this channel belongs to business "
+                   f"{conversation['business_id']}, not {item.incoming.business_id}")
+
+
+def new_conversation_row(item: ChannelMessage, now: datetime) -> dict[str, Any]:
+    incoming = item.incoming
+    return {
+        "org_id": item.org_id, "business_id": incoming.business_id, "messaging_partner": CUSTOM_CHANNEL_PARTNER,
+        "custom_channel_id": item.channel_id, "external_conversation_id": incoming.external_conversation_id,
+        "consumer_name": incoming.consumer_name, "consumer_img": incoming.consumer_img,
+        "consumer_phone_number": None, "consumer_email": None, "is_read": False,
+        "status": str(ConversationStatus.OPEN), "issues": [], "created_at": now, "first_message_date": now,
+        "has_one_user_message": False, "is_expired": False, "is_solved": False, "is_automated": False,
+        "assigned_user_id": None, "last_message_id": None,
+    }
+
+
+def new_message_row(item: ChannelMessage, conversation_id: int, business_name: str, now: datetime) -> dict[str, Any]:
+    incoming = item.incoming
+    is_user = incoming.sender_type == SenderType.USER
+    label = incoming.sender_label
+    if label is None:
+        label = business_name if is_user else (incoming.consumer_name or "")
+    return {
+        "conversation_id": conversation_id, "org_id": item.org_id, "date": now,
+        "content_type": incoming.content_type, "sender_type": incoming.sender_type, "sender_label": label,
+        "status": str(MessageStatus.SUCCESS), "is_deleted": False, "is_automated": False,
+        "content": incoming.content, "user_id": None, "custom_channel_id": item.channel_id,
+        "external_message_id": incoming.external_message_id,
+    }
+
+
+def conversation_after(conversation: Mapping[str, Any], message: Mapping[str, Any],
+                       incoming: IncomingMessage) -> dict[str, Any]:
+    """The conversation once ``message`` is its newest message."""
+    is_user = incoming.sender_type == SenderType.USER
+    after = dict(conversation)
+    after.update(
+        last_message_id=message["id"],
+        first_message_date=conversation["first_message_date"] or message["date"],
+        is_read=is_user,  # a consumer's message is unread; a business user's reply reads the conversation
+        has_one_user_message=conversation["has_one_user_message"] or is_user,
+    )
+    if incoming.consumer_name is not None:
+        after["consumer_name"] = incoming.consumer_name
+    if incoming.consumer_img is not None:
+        after["consumer_img"] = incoming.consumer_img
+    return after
+
+
+# ---------------------------------------------------------------- the batch
+
+
+async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
+    """Ingests ``batch`` in the caller's transaction; one outcome per message, in order."""
+    outcomes: list[Outcome | None] = [None] * len(batch)
+    channels = await _rows_by_id(conn, custom_channels, {item.channel_id for item in batch})
+    owners = await _rows_by_id(conn, businesses, {item.incoming.business_id for item in batch})
+    stored_messages = await _stored_messages(conn, {_message_key(item) for item in batch})
+    stored_conversations = await _stored_conversations(conn, {_conversation_key(item) for item in batch})
+
+    # Decide everything before writing anything.
+    accepted: list[int] = []
+    first_with_key: dict[tuple[str, str], int] = {}
+    repeated: list[tuple[int, int]] = []  # (index, index of the same message earlier in the batch)
+    new_conversations: dict[tuple[str, str], dict[str, Any]] = {}
+    now = utcnow()
+    for index, item in enumerate(batch):
+        refusal = ingest_refusal(item, channels.get(item.channel_id), owners.get(item.incoming.business_id))
+        if refusal is not None:
+            outcomes[index] = refusal
+            continue
+        message_key = _message_key(item)
+        if message_key in stored_messages:
+            message_id, conversation_id = stored_messages[message_key]
+            outcomes[index] = IngestResult(message_id, conversation_id, duplicate=True)
+            continue
+        if message_key in first_with_key:
+            repeated.append((index, first_with_key[message_key]))
+            continue
+        conversation_key = _conversation_key(item)
+        conversation = stored_conversations.get(conversation_key) or new_conversations.get(conversation_key)
+        if conversation is None:
+            new_conversations[conversation_key] = new_conversation_row(item, now)
+        elif (refusal := business_refusal(item, conversation)) is not None:
+            outcomes[index] = refusal
+            continue
+        first_with_key[message_key] = index
+        accepted.append(index)
+
+    if new_conversations:
+        stored_conversations.update(await _create_conversations(conn, new_conversations))
+        for index in list(accepted):  # one created meanwhile by another process may belong to another business
+            refusal = business_refusal(batch[index], stored_conversations[_conversation_key(batch[index])])
+            if refusal is not None:
+                outcomes[index] = refusal
+                accepted.remove(index)
+
+    rows = {index: new_message_row(batch[index], stored_conversations[_conversation_key(batch[index])]["id"],
+                                   owners[batch[index].incoming.business_id]["name"], now) for index in accepted}
+    message_ids = await _insert_messages(conn, [rows[index] for index in accepted])
+    stored_later = await _stored_messages(conn, {_message_key(batch[i]) for i in accepted} - set(message_ids))
+    created: list[tuple[int, dict[str, Any], dict[str, Any]]] = []  # (index, message row, conversation as of it)
+    for index in accepted:
+        item = batch[index]
+        message_key = _message_key(item)
+        if message_key not in message_ids:  # ingested meanwhile by another process
+            message_id, conversation_id = stored_later[message_key]
+            outcomes[index] = IngestResult(message_id, conversation_id, duplicate=True)
+            continue
+        message = {**rows[index], "id": message_ids[message_key]}
+        conversation_key = _conversation_key(item)
+        stored_conversations[conversation_key] = conversation_after(stored_conversations[conversation_key], message,
+                                                                    item.incoming)
+        created.append((index, message, stored_conversations[conversation_key]))
+        outcomes[index] = IngestResult(message["id"], message["conversation_id"], duplicate=False)
+    for index, earlier in repeated:
+        found = outcomes[earlier]
+        outcomes[index] = IngestResult(found.message_id, found.conversation_id, duplicate=True) \
+            if isinstance(found, IngestResult) else found
+
+    if created:
+        await _update_conversations(conn, [(message, batch[index].incoming) for index, message, _ in created])
+        events = []
+        for index, message_row, conversation_row in created:
+            item = batch[index]
+            message = message_from_row(message_row)
+            conversation = conversation_model(conversation_row, owners[item.incoming.business_id],
+                                              channels[item.channel_id], message)
+            events.append((item.org_id, MessageCreated(
+                type="message_created",
+                payload=EventPayload(message=message, conversation=conversation, org_id=item.org_id))))
+        await record_events(conn, events, signer=signer)
+    return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+
+def _message_key(item: ChannelMessage) -> tuple[str, str]:
+    return (item.channel_id, item.incoming.external_message_id)
+
+
+def _conversation_key(item: ChannelMessage) -> tuple[str, str]:
+    return (item.channel_id, item.incoming.external_conversation_id)
+
+
+async def _rows_by_id(conn: AsyncConnection, table, ids: set[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.execute(select(table).where(table.c.id.in_(ids)))
+    return {row.id: dict(row._mapping) for row in rows}
+
+
+async def _stored_messages(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(channel, external message id) -> (message id, conversation id) of those already stored."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(messages.c.custom_channel_id, messages.c.external_message_id, messages.c.id, messages.c.conversation_id)
+        .where(tuple_(messages.c.custom_channel_id, messages.c.external_message_id).in_(sorted(keys))))
+    return {(row[0], row[1]): (row[2], row[3]) for row in rows}
+
+
+async def _stored_conversations(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    rows = await conn.execute(select(conversations).where(
+        tuple_(conversations.c.custom_channel_id, conversations.c.external_conversation_id).in_(sorted(keys))))
+    return {(row.custom_channel_id, row.external_conversation_id): dict(row._mapping) for row in rows}
+
+
+def _dialect_insert(conn: AsyncConnection, table):
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+async def _create_conversations(conn: AsyncConnection, new: dict[tuple[str, str], dict[str, Any]]
+                                ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Inserts the new conversations; one created meanwhile by another process is read instead."""
+    rows = [new[key] for key in sorted(new)]
+    inserted = await conn.execute(
+        _dialect_insert(conn, conversations).values(rows)
+        .on_conflict_do_nothing(index_elements=["custom_channel_id", "external_conversation_id"])
+        .returning(conversations.c.id, conversations.c.custom_channel_id, conversations.c.external_conversation_id))
+    created = {(row[1], row[2]): {**new[(row[1], row[2])], "id": row[0]} for row in inserted}
+    missing = set(new) - set(created)
+    if missing:
+        created.update(await _stored_conversations(conn, missing))
+    return created
+
+
+async def _insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Inserts the messages; returns the ids of those inserted (one stored meanwhile is skipped)."""
+    if not rows:
+        return {}
+    inserted = await conn.execute(
+        _dialect_insert(conn, messages).values(rows)
+        .on_conflict_do_nothing(index_elements=["custom_channel_id", "external_message_id"])
+        .returning(messages.c.id, messages.c.custom_channel_id, messages.c.external_message_id))
+    return {(row[1], row[2]): row[0] for row in inserted}
+
+
+# Relative to the stored row, so that a concurrent writer's change is not undone.
+_NEWER = or_(conversations.c.last_message_id.is_(None), conversations.c.last_message_id < bindparam("new_last_id"))
+_UPDATE_CONVERSATION = (
+    update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
+        last_message_id=case((_NEWER, bindparam("new_last_id")), else_=conversations.c.last_message_id),
+        is_read=case((_NEWER, bindparam("new_is_read")), else_=conversations.c.is_read),
+        first_message_date=func.coalesce(conversations.c.first_message_date, bindparam("new_first_date")),
+        has_one_user_message=or_(conversations.c.has_one_user_message, bindparam("new_user_message")),
+        consumer_name=func.coalesce(bindparam("new_consumer_name"), conversations.c.consumer_name),
+        consumer_img=func.coalesce(bindparam("new_consumer_img"), conversations.c.consumer_img),
+    )
+)
+
+
+async def _update_conversations(conn: AsyncConnection, created: list[tuple[dict[str, Any], IncomingMessage]]) -> None:
+    """One update per conversation, for all its new messages together."""
+    changes: dict[int, dict[str, Any]] = {}
+    for message, incoming in created:  # in order: the later message of a conversation wins
+        is_user = incoming.sender_type == SenderType.USER
+        earlier = changes.get(message["conversation_id"], {})
+        changes[message["conversation_id"]] = {
+            "conversation_id": message["conversation_id"], "new_last_id": message["id"], "new_is_read": is_user,
+            "new_first_date": earlier.get("new_first_date", message["date"]),
+            "new_user_message": earlier.get("new_user_message", False) or is_user,
+            "new_consumer_name": incoming.consumer_name if incoming.consumer_name is not None
+            else earlier.get("new_consumer_name"),
+            "new_consumer_img": incoming.consumer_img if incoming.consumer_img is not None
+            else earlier.get("new_consumer_img"),
+        }
+    await conn.execute(_UPDATE_CONVERSATION, [changes[key] for key in sorted(changes)])

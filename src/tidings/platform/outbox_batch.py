@@ -1,0 +1,123 @@
+"""``record_event`` for many events at once: the same rows, in a handful of
+statements whatever the number of events.
+
+The rules are those of ``tidings.platform.outbox.record_event`` (one event
+row with its body rendered once; one delivery per configuration of the
+organization subscribed to the event's type, held while the configuration
+is paused; a sequence number per configuration and conversation, taken
+atomically); ``tests/test_platform_outbox_batch.py`` checks that both give
+the same rows. Batched ingestion (``tidings.platform.ingestion``) records
+its events here. This belongs in ``outbox.py``, beside ``record_event``,
+which could then be this function called with one event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.contract import MessageEvent, dump_event, utcnow
+from tidings.contract.signing import Signer
+from tidings.platform.outbox import ORDERED, UNFINISHED, initial_status, new_webhook_id
+from tidings.store.platform_tables import deliveries, delivery_sequences, events, webhook_configs
+
+
+async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, MessageEvent]], *, signer: Signer,
+                        now: float | None = None) -> list[int]:
+    """Writes each ``(org_id, event)`` and its deliveries; returns the event
+    ids in the order given. Call inside a transaction."""
+    if not items:
+        return []
+    created = utcnow()
+    due = time.time() if now is None else now
+    bodies = [dump_event(event) for _, event in items]
+    inserted = await conn.execute(
+        insert(events).returning(events.c.id, sort_by_parameter_order=True),
+        [{"org_id": org_id, "event_type": event.type, "conversation_id": event.payload.conversation.id,
+          "message_id": event.payload.message.id, "body": body, "created_at": created}
+         for (org_id, event), body in zip(items, bodies)],
+    )
+    event_ids = list(inserted.scalars())
+
+    subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
+    for config_id, org_id, event_type, paused, ordering in (await conn.execute(
+        select(webhook_configs.c.id, webhook_configs.c.org_id, webhook_configs.c.event_type, webhook_configs.c.paused,
+               webhook_configs.c.ordering)
+        .where(webhook_configs.c.org_id.in_({org_id for org_id, _ in items}),
+               webhook_configs.c.event_type.in_({event.type for _, event in items}))
+        .order_by(webhook_configs.c.id)
+    )).all():
+        subscribed[(org_id, event_type)].append((config_id, paused, ordering == ORDERED))
+    if not subscribed:
+        return event_ids
+
+    wanted: Counter[tuple[int, int]] = Counter()  # (configuration, conversation) -> sequence numbers needed
+    for org_id, event in items:
+        for config_id, _, _ in subscribed.get((org_id, event.type), ()):
+            wanted[(config_id, event.payload.conversation.id)] += 1
+    next_number = await _take_sequences(conn, wanted)
+    # Ordered conversations that already have a delivery to finish: all of
+    # this batch's deliveries in them wait; in the others, all but the first.
+    busy = await _with_unfinished(conn, [key for key, first in next_number.items() if first > 1])
+
+    rows = []
+    for event_id, (org_id, event), body in zip(event_ids, items, bodies):
+        configs = subscribed.get((org_id, event.type))
+        if not configs:
+            continue
+        signature = signer.vendor_signature(body)
+        conversation_id = event.payload.conversation.id
+        for config_id, paused, ordered in configs:
+            key = (config_id, conversation_id)
+            sequence = next_number[key]
+            next_number[key] += 1
+            status = initial_status(ordered=ordered, paused=paused, waits_behind_another=key in busy)
+            busy.add(key)
+            rows.append({
+                "event_id": event_id, "webhook_config_id": config_id, "org_id": org_id,
+                "webhook_id": new_webhook_id(), "signature": signature, "conversation_id": conversation_id,
+                "sequence": sequence, "status": status, "attempt_count": 0,
+                "next_attempt_at": due, "created_at": created,
+            })
+    await conn.execute(insert(deliveries), rows)
+    return event_ids
+
+
+async def _take_sequences(conn: AsyncConnection, wanted: Counter[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """Reserves ``wanted[key]`` consecutive sequence numbers for each
+    (configuration, conversation); returns the first of each.
+
+    One atomic upsert that adds the counts, so concurrent writers on
+    PostgreSQL never share a number; keys in a fixed order, so two writers
+    lock the rows in the same order.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    keys = sorted(wanted)
+    statement = dialect.insert(delivery_sequences).values([
+        {"webhook_config_id": config_id, "conversation_id": conversation_id, "last_sequence": wanted[(config_id, conversation_id)]}
+        for config_id, conversation_id in keys
+    ])
+    statement = statement.on_conflict_do_update(
+        index_elements=[delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id],
+        set_={"last_sequence": delivery_sequences.c.last_sequence + statement.excluded.last_sequence},
+    ).returning(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id,
+                delivery_sequences.c.last_sequence)
+    taken = {}
+    for config_id, conversation_id, last in (await conn.execute(statement)).all():
+        taken[(config_id, conversation_id)] = last - wanted[(config_id, conversation_id)] + 1
+    return taken
+
+
+async def _with_unfinished(conn: AsyncConnection, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which (configuration, conversation) pairs have a delivery still to finish."""
+    if not keys:
+        return set()
+    pair = tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id)
+    return {tuple(row) for row in (await conn.execute(
+        select(deliveries.c.webhook_config_id, deliveries.c.conversation_id).distinct()
+        .where(pair.in_(keys), deliveries.c.status.in_(UNFINISHED)))).all()}
