@@ -113,7 +113,8 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
 
     engine = create_engine(settings.db_url)
     app = create_app(PlatformContext(settings=settings, engine=engine, signer=signer))
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                            timeout_graceful_shutdown=3)  # live pages hold streams open)
     stop = stop or asyncio.Event()
     tasks = []
     if with_dispatcher:

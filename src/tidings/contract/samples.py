@@ -175,7 +175,7 @@ class SampleFactory:
         self._count += 1
         conversation_id = (conversation or {}).get("id") or self._next_id()
         msg = self.message(conversation_id, n=n, **(message or {}))
-        conv = self.conversation(n=n, id=conversation_id, **(conversation or {}))
+        conv = self.conversation(n=n, **{**(conversation or {}), "id": conversation_id})
         if conv.custom_channel is not None and msg.custom_channel is None:
             msg = msg.model_copy(update={"custom_channel": MessageCustomChannel(external_message_id=f"ext-msg-{msg.id}")})
         conv = conv.model_copy(update={"last_message": msg})

@@ -8,6 +8,14 @@ A delivery moves through these states::
        +----reap stalled---+   (its worker stopped beating)
     held <--pause / resume--> pending   (the configuration is paused)
     delivered | failed --resend / recover--> pending (or held while paused)
+    queued --promote--> pending   (ordered delivery: the one before it finished)
+
+Ordered delivery (a configuration's ``ordering`` is ``"conversation"``): of
+the deliveries of one configuration and conversation, at most one is
+``pending``, ``delivering`` or ``held`` at a time (the head); the others
+wait ``queued`` in sequence order. When the head finishes, the next is
+promoted in the same transaction. So the claim itself never looks at
+ordering: it stays one statement over ``pending`` rows, on both engines.
 
 Rules every statement here keeps:
 
@@ -34,15 +42,16 @@ from sqlalchemy import JSON, TypeDecorator, and_, bindparam, delete, exists, fun
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tidings.platform.outbox import HELD, PENDING
-from tidings.store.platform_tables import attempts, deliveries, events, webhook_configs, workers
+from tidings.platform.outbox import HELD, ORDERED, PENDING, QUEUED
+from tidings.store.platform_tables import attempts, deliveries, delivery_sequences, events, webhook_configs, workers
 
 
 DELIVERING = "delivering"
 DELIVERED = "delivered"
 FAILED = "failed"
 FINAL_STATUSES = (DELIVERED, FAILED)
-STATUSES = (PENDING, HELD, DELIVERING, DELIVERED, FAILED)
+STATUSES = (PENDING, HELD, DELIVERING, DELIVERED, FAILED, QUEUED)
+HEAD_STATUSES = (PENDING, DELIVERING, HELD)  # the one delivery of a conversation that may be sent
 
 
 def _status_is(status: str):
@@ -194,14 +203,91 @@ _apply_result = (
 
 async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow]) -> None:
     """Finish or reschedule deliveries after their attempts (one ``executemany``),
-    each guarded by ``delivering`` and ``worker_id``. Call ``still_held`` first,
-    in the same transaction, and pass only the rows it returned."""
-    if rows:
-        await conn.execute(_apply_result, [
-            {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
-             "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
-             "b_error": r.last_error, "b_finished": r.finished_at}
-            for r in rows])
+    each guarded by ``delivering`` and ``worker_id``, then promote the next
+    delivery of each ordered conversation whose head finished. Call
+    ``still_held`` first, in the same transaction, and pass only the rows it returned."""
+    if not rows:
+        return
+    await conn.execute(_apply_result, [
+        {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
+         "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
+         "b_error": r.last_error, "b_finished": r.finished_at}
+        for r in rows])
+    finished = [r for r in rows if r.status in FINAL_STATUSES]
+    if finished:
+        now = max(r.finished_at.timestamp() for r in finished if r.finished_at is not None) if any(
+            r.finished_at is not None for r in finished) else 0.0
+        await promote_next(conn, [r.delivery_id for r in finished], now=now)
+
+
+def _same_conversation(other):
+    return and_(other.c.webhook_config_id == deliveries.c.webhook_config_id,
+                other.c.conversation_id == deliveries.c.conversation_id)
+
+
+_other = deliveries.alias("other")
+_promote_head = (
+    update(deliveries)
+    .where(
+        deliveries.c.webhook_config_id == bindparam("b_config"),
+        deliveries.c.conversation_id == bindparam("b_conversation"),
+        _status_is(QUEUED),
+        # the lowest sequence still waiting...
+        deliveries.c.sequence == select(func.min(_other.c.sequence))
+        .where(_same_conversation(_other), _other.c.status == literal_column(f"'{QUEUED}'"))
+        .scalar_subquery(),
+        # ...and nothing of the conversation being sent or due (a re-sent one, say)
+        ~exists().where(_same_conversation(_other),
+                        _other.c.status.in_([literal_column(f"'{status}'") for status in HEAD_STATUSES])),
+    )
+    .values(status=PENDING, next_attempt_at=bindparam("b_now"))
+)
+
+
+async def promote_next(conn: AsyncConnection, finished_ids: Sequence[int], *, now: float) -> None:
+    """Promote: for each ordered conversation whose delivery in ``finished_ids``
+    finished, the next ``queued`` one becomes ``pending``.
+
+    On PostgreSQL the conversations' sequence rows are locked first, in one
+    order: a writer adding an event to the same conversation holds that row
+    until it commits (``outbox.next_sequence``), so a promotion never misses
+    a delivery that was queued behind the one finishing.
+    """
+    pairs = sorted({(row.webhook_config_id, row.conversation_id) for row in (await conn.execute(
+        select(deliveries.c.webhook_config_id, deliveries.c.conversation_id)
+        .join(webhook_configs, webhook_configs.c.id == deliveries.c.webhook_config_id)
+        .where(deliveries.c.id.in_(list(finished_ids)), deliveries.c.conversation_id.is_not(None),
+               webhook_configs.c.ordering == ORDERED)))})
+    if not pairs:
+        return
+    if conn.dialect.name == "postgresql":
+        for config_id, conversation_id in pairs:
+            await conn.execute(select(delivery_sequences.c.last_sequence).where(
+                delivery_sequences.c.webhook_config_id == config_id,
+                delivery_sequences.c.conversation_id == conversation_id).with_for_update())
+    await conn.execute(_promote_head, [{"b_config": c, "b_conversation": v, "b_now": now} for c, v in pairs])
+
+
+async def promote_heads(conn: AsyncConnection, *, config_id: int, now: float) -> int:
+    """Every conversation of an ordered configuration with nothing being sent
+    gets its next ``queued`` delivery promoted (after a recover or a change of
+    ordering). Returns how many were promoted."""
+    pairs = (await conn.execute(
+        select(deliveries.c.conversation_id).where(deliveries.c.webhook_config_id == config_id, _status_is(QUEUED))
+        .group_by(deliveries.c.conversation_id))).scalars().all()
+    if not pairs:
+        return 0
+    promoted = await conn.execute(_promote_head, [
+        {"b_config": config_id, "b_conversation": conversation_id, "b_now": now} for conversation_id in pairs])
+    return promoted.rowcount
+
+
+async def ordering_changed(conn: AsyncConnection, *, config_id: int, ordering: str, now: float) -> None:
+    """A configuration's ordering changed: without ordering nothing waits any
+    more; with it, deliveries already due stay due and new ones queue."""
+    if ordering != ORDERED:
+        await conn.execute(update(deliveries).where(deliveries.c.webhook_config_id == config_id, _status_is(QUEUED))
+                           .values(status=PENDING, next_attempt_at=now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,21 +439,52 @@ async def configuration_paused(conn: AsyncConnection, config_id: int) -> bool | 
     return (await conn.execute(select(webhook_configs.c.paused).where(webhook_configs.c.id == config_id))).scalar()
 
 
+async def _is_ordered(conn: AsyncConnection, config_id: int) -> bool:
+    return (await conn.execute(select(webhook_configs.c.ordering).where(webhook_configs.c.id == config_id))).scalar() == ORDERED
+
+
 async def resend(conn: AsyncConnection, *, delivery_id: int, paused: bool, now: float) -> bool:
     """Resend: a finished delivery (``delivered`` or ``failed``) is queued again,
-    same body, same signature, same ``webhook-id``. ``False`` if it is not finished."""
+    same body, same signature, same ``webhook-id``. ``False`` if it is not finished.
+
+    With ordered delivery it waits, ``queued``, behind what its conversation
+    is sending, and goes before that conversation's later events."""
+    row = (await conn.execute(select(deliveries.c.webhook_config_id, deliveries.c.conversation_id)
+                              .where(deliveries.c.id == delivery_id))).first()
+    if row is None:
+        return False
+    ordered = row.conversation_id is not None and await _is_ordered(conn, row.webhook_config_id)
+    values = _requeued(paused, now)
+    if ordered:
+        values["status"] = QUEUED
     requeued = await conn.execute(
         update(deliveries).where(deliveries.c.id == delivery_id, deliveries.c.status.in_(FINAL_STATUSES))
-        .values(**_requeued(paused, now)))
+        .values(**values))
+    if requeued.rowcount == 1 and ordered:
+        await conn.execute(_promote_head, [{"b_config": row.webhook_config_id,
+                                            "b_conversation": row.conversation_id, "b_now": now}])
+        if paused:  # a promoted head of a paused configuration waits held
+            await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id, _status_is(PENDING))
+                               .values(status=HELD))
     return requeued.rowcount == 1
 
 
 async def recover(conn: AsyncConnection, *, config_id: int, since: datetime, paused: bool, now: float) -> int:
-    """Recover: every ``failed`` delivery of a configuration created since ``since`` is queued again."""
+    """Recover: every ``failed`` delivery of a configuration created since ``since`` is queued again
+    (with ordered delivery, ``queued`` in sequence order behind what each conversation is sending)."""
+    ordered = await _is_ordered(conn, config_id)
+    values = _requeued(paused, now)
+    if ordered:
+        values["status"] = QUEUED
     recovered = await conn.execute(
         update(deliveries)
         .where(deliveries.c.webhook_config_id == config_id, _status_is(FAILED), deliveries.c.created_at >= since)
-        .values(**_requeued(paused, now)))
+        .values(**values))
+    if ordered and recovered.rowcount:
+        await promote_heads(conn, config_id=config_id, now=now)
+        if paused:
+            await conn.execute(update(deliveries).where(deliveries.c.webhook_config_id == config_id,
+                                                        _status_is(PENDING)).values(status=HELD))
     return recovered.rowcount
 
 

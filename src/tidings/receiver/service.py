@@ -34,6 +34,7 @@ from tidings.receiver.inbox import InboxProjector
 from tidings.receiver.lease import BackgroundLease
 from tidings.receiver.log import EventLog
 from tidings.receiver.read_api import read_router
+from tidings.web.inbox import mount_inbox
 
 logger = logging.getLogger("tidings.receiver")
 
@@ -126,6 +127,7 @@ class ReceiverService:
         self._background: asyncio.Task | None = None
         api = FastAPI(title="tidings receiver", lifespan=self._lifespan, docs_url=None, redoc_url=None)
         api.include_router(read_router(self.log))
+        mount_inbox(api, self.receiver)
         self.app = ReceiverApp(self.receiver, config.path, fallback=api)
 
     async def _write(self, function):

@@ -7,7 +7,6 @@ models.
 
 from __future__ import annotations
 
-import importlib.util
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,10 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tidings.contract import MessageCreated, MessageUpdated
-from tidings.platform.api import conversation_routes, directory_routes, webhook_routes
+from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, webhook_routes
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
+from tidings.web.dashboard import mount_dashboard
 
 
 def validation_problem(exc: RequestValidationError) -> dict:
@@ -65,11 +65,8 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     app.include_router(webhook_routes.router)
     app.include_router(conversation_routes.router)
     app.include_router(directory_routes.router)
-    if importlib.util.find_spec("tidings.platform.api.delivery_routes") is not None:
-        # Imported only when present, so that an error inside it is not hidden.
-        from tidings.platform.api.delivery_routes import router as delivery_router
-
-        app.include_router(delivery_router)
+    app.include_router(delivery_routes.router)
+    mount_dashboard(app)
 
     @app.webhooks.post("message_created")
     def message_created(event: MessageCreated) -> None:

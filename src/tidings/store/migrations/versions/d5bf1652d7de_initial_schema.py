@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 6b6dd612a75f
+Revision ID: d5bf1652d7de
 Revises: 
-Create Date: 2026-11-29 18:27:16.728357
+Create Date: 2026-11-29 18:48:09.720491
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import tidings.store.types
 
 
-revision = '6b6dd612a75f'
+revision = 'd5bf1652d7de'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -60,7 +60,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('org_id', sa.BigInteger(), nullable=True),
     sa.Column('event_id', sa.BigInteger(), nullable=False),
-    sa.Column('snapshot', sa.JSON(), nullable=False),
+    sa.Column('snapshot', tidings.store.receiver_tables.JsonText(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_inbox_conversations'))
     )
     op.create_table('receiver_inbox_messages',
@@ -71,7 +71,7 @@ def upgrade() -> None:
     sa.Column('is_deleted', sa.Boolean(), nullable=False),
     sa.Column('snapshot_event_type', sa.String(length=200), nullable=False),
     sa.Column('event_id', sa.BigInteger(), nullable=False),
-    sa.Column('snapshot', sa.JSON(), nullable=False),
+    sa.Column('snapshot', tidings.store.receiver_tables.JsonText(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_inbox_messages'))
     )
     with op.batch_alter_table('receiver_inbox_messages', schema=None) as batch_op:
