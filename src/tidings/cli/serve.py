@@ -113,8 +113,9 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
 
     engine = create_engine(settings.db_url)
     app = create_app(PlatformContext(settings=settings, engine=engine, signer=signer))
+    # A short graceful shutdown: the dashboard's live pages hold streams open.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                                            timeout_graceful_shutdown=3)  # live pages hold streams open)
+                                           timeout_graceful_shutdown=3))
     stop = stop or asyncio.Event()
     tasks = []
     if with_dispatcher:
