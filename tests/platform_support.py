@@ -116,6 +116,7 @@ async def running_platform(db_url: str, *, partner_seed: int = 7, **partner_sett
         yield platform
     finally:
         await platform.partners.stop()
+        await platform.app.state.ingest_queue.stop()
         await engine.dispose()
 
 
