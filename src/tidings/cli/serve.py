@@ -65,6 +65,7 @@ def serve_command(
     """Serve the /v2 API and the dashboard, and deliver webhooks."""
     from tidings.cli.keys import read_private_key
 
+    prepare_database(db)
     key_source, generate = signing_key_path(data_dir, signing_key)
     if generate:
         try:
@@ -82,7 +83,6 @@ def serve_command(
                                   vendor_prefix=vendor_prefix),
         partners=PartnerSettings(latency=partner_latency, failure_rate=partner_failure_rate),
     )
-    prepare_database(db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(run_platform(settings, signer, host=host, port=port, concurrency=concurrency,
                              with_dispatcher=dispatcher))

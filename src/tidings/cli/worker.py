@@ -13,7 +13,20 @@ import signal
 
 import typer
 
-from tidings.cli.errors import CliError
+from tidings.cli.delivery_options import (
+    DEFAULTS,
+    AllowHttp,
+    AllowPrivateTargets,
+    AttemptTimeout,
+    Concurrency,
+    Db,
+    MaxPerEndpoint,
+    MaxRetries,
+    RetryBase,
+    RetryFactor,
+    VendorPrefix,
+)
+from tidings.cli.serve import prepare_database
 from tidings.cli.keys import read_private_key
 from tidings.contract.signing import DEFAULT_VENDOR_PREFIX, Signer
 from tidings.platform.settings import DeliverySettings
@@ -21,23 +34,23 @@ from tidings.store.engine import DEFAULT_DB_URL
 
 
 def worker_command(
-    db: str = typer.Option(DEFAULT_DB_URL, "--db", envvar="TIDINGS_DB", help="sqlite:///FILE or postgresql://..."),
+    db: Db = DEFAULT_DB_URL,
     signing_key: str = typer.Option(..., "--signing-key", envvar="TIDINGS_SIGNING_KEY",
                                     help="the platform's Ed25519 private key: a PEM file or a whsk_ string"),
-    max_retries: int = typer.Option(5, "--max-retries", min=0, help="attempts after the first"),
-    retry_base: float = typer.Option(30.0, "--retry-base", min=0.0, help="seconds before the first retry"),
-    retry_factor: float = typer.Option(4.0, "--retry-factor", min=1.0, help="each later wait is this many times longer"),
-    attempt_timeout: float = typer.Option(10.0, "--attempt-timeout", min=0.01, help="seconds for one attempt"),
-    allow_private_targets: bool = typer.Option(False, "--allow-private-targets",
-                                               help="allow loopback, private and link-local targets"),
-    allow_http: bool = typer.Option(False, "--allow-http", help="allow plain http:// targets"),
-    concurrency: int = typer.Option(256, "--concurrency", min=1, help="requests in flight, over all endpoints"),
-    max_per_endpoint: int = typer.Option(32, "--max-per-endpoint", min=1, help="requests in flight to one endpoint"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="deliveries claimed at once"),
-    heartbeat_interval: float = typer.Option(2.0, "--heartbeat-interval", min=0.05, help="seconds between heartbeats"),
-    stale_after: float = typer.Option(15.0, "--stale-after", min=0.1,
+    max_retries: MaxRetries = DEFAULTS.max_retries,
+    retry_base: RetryBase = DEFAULTS.retry_base,
+    retry_factor: RetryFactor = DEFAULTS.retry_factor,
+    attempt_timeout: AttemptTimeout = DEFAULTS.attempt_timeout,
+    allow_private_targets: AllowPrivateTargets = False,
+    allow_http: AllowHttp = False,
+    concurrency: Concurrency = 256,
+    max_per_endpoint: MaxPerEndpoint = DEFAULTS.max_per_endpoint,
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="deliveries claimed at once"),
+    heartbeat_interval: float = typer.Option(DEFAULTS.heartbeat_interval, "--heartbeat-interval", min=0.05,
+                                             help="seconds between heartbeats"),
+    stale_after: float = typer.Option(DEFAULTS.stale_after, "--stale-after", min=0.1,
                                       help="a worker silent this long has its deliveries handed back"),
-    vendor_prefix: str = typer.Option(DEFAULT_VENDOR_PREFIX, "--vendor-prefix", help="prefix of the vendor header"),
+    vendor_prefix: VendorPrefix = DEFAULT_VENDOR_PREFIX,
     worker_id: str | None = typer.Option(None, "--worker-id", help="this worker's name (default: host:pid:random)"),
     migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="bring the database schema up to date first"),
 ) -> None:
@@ -49,12 +62,7 @@ def worker_command(
         batch_size=batch_size, vendor_prefix=vendor_prefix, heartbeat_interval=heartbeat_interval,
         stale_after=stale_after)
     if migrate:
-        from tidings.store.migrate import upgrade
-
-        try:
-            upgrade(db)
-        except Exception as exc:  # a database that cannot be reached or migrated
-            raise CliError(f"cannot prepare the database {db}: {exc}") from None
+        prepare_database(db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _run(_work(db, signer, settings, concurrency, worker_id))
 
