@@ -229,3 +229,39 @@ async def test_a_failing_batch_is_retried_message_by_message(platform, monkeypat
     assert isinstance(results[5], RuntimeError)
     assert all(isinstance(result, IngestResult) and not result.duplicate for i, result in enumerate(results) if i != 5)
     assert await platform.count(messages) == 10 and await platform.count(events) == 10
+
+
+def test_plan_batch_decides_without_a_database():
+    from datetime import UTC, datetime
+
+    from tidings.platform.ingestion import plan_batch
+
+    def item(conversation, external_id, business="b1", channel="ch", org=1, sender="Consumer"):
+        return ChannelMessage(org, channel, IncomingMessage(business_id=business, external_conversation_id=conversation,
+                                                            external_message_id=external_id, content="x",
+                                                            sender_type=sender))
+
+    channels = {"ch": {"id": "ch", "org_id": 1}, "other": {"id": "other", "org_id": 2}}
+    owners = {"b1": {"id": "b1", "org_id": 1, "name": "Shop"}, "b2": {"id": "b2", "org_id": 1, "name": "Other"},
+              "b9": {"id": "b9", "org_id": 2, "name": "Theirs"}}
+    stored_messages = {("ch", "old"): (10, 3)}
+    stored_conversations = {("ch", "c1"): {"id": 3, "business_id": "b1"}}
+    batch = [item("c1", "old"), item("c1", "new"), item("c2", "a"), item("c2", "a"), item("c2", "b", business="b2"),
+             item("c1", "z", channel="other"), item("c3", "y", business="b9"), item("c3", "w", sender="Metadata"),
+             item("c1", "c", business="b2")]
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    plan = plan_batch(batch, channels, owners, stored_messages, stored_conversations, now)
+    assert plan.outcomes[0] == IngestResult(10, 3, duplicate=True)
+    assert plan.accepted == [1, 2]
+    assert plan.repeated == [(3, 2)]
+    # c2 is opened by b1 earlier in the same batch
+    assert isinstance(plan.outcomes[4], Refused) and "'c2' of this channel belongs to business b1, not b2" in str(
+        plan.outcomes[4])
+    assert isinstance(plan.outcomes[5], NotFound)
+    assert isinstance(plan.outcomes[6], MessagingError) and "b9" in str(plan.outcomes[6])
+    assert "Metadata" in str(plan.outcomes[7])
+    assert isinstance(plan.outcomes[8], Refused) and "belongs to business b1" in str(plan.outcomes[8])
+    assert list(plan.new_conversations) == [("ch", "c2")]
+    opened = plan.new_conversations[("ch", "c2")]
+    assert (opened["business_id"], opened["org_id"], opened["created_at"], opened["messaging_partner"]) == (
+        "b1", 1, now, "Custom")

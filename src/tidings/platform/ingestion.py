@@ -153,42 +153,62 @@ def conversation_after(conversation: Mapping[str, Any], message: Mapping[str, An
 # ---------------------------------------------------------------- the batch
 
 
-async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
-    """Ingests ``batch`` in the caller's transaction; one outcome per message, in order."""
-    outcomes: list[Outcome | None] = [None] * len(batch)
-    channels = await _rows_by_id(conn, custom_channels, {item.channel_id for item in batch})
-    owners = await _rows_by_id(conn, businesses, {item.incoming.business_id for item in batch})
-    stored_messages = await _stored_messages(conn, {_message_key(item) for item in batch})
-    stored_conversations = await _stored_conversations(conn, {_conversation_key(item) for item in batch})
+MessageKey = tuple[str, str]  # (channel id, external message id)
+ConversationKey = tuple[str, str]  # (channel id, external conversation id)
 
-    # Decide everything before writing anything.
-    accepted: list[int] = []
-    first_with_key: dict[tuple[str, str], int] = {}
-    repeated: list[tuple[int, int]] = []  # (index, index of the same message earlier in the batch)
-    new_conversations: dict[tuple[str, str], dict[str, Any]] = {}
-    now = utcnow()
+
+@dataclass
+class BatchPlan:
+    """What to do with each message of a batch, decided before any write."""
+
+    outcomes: list[Outcome | None]  # set for the messages refused or already stored
+    accepted: list[int]  # indexes of the messages to store, in order
+    repeated: list[tuple[int, int]]  # (index, index of the same message earlier in the batch)
+    new_conversations: dict[ConversationKey, dict[str, Any]]  # rows to create
+
+
+def plan_batch(batch: Sequence[ChannelMessage], channels: Mapping[str, Mapping], owners: Mapping[str, Mapping],
+               stored_messages: Mapping[MessageKey, tuple[int, int]],
+               stored_conversations: Mapping[ConversationKey, Mapping], now: datetime) -> BatchPlan:
+    """Decides each message from what is stored: refused, a duplicate (of a
+    stored message or of one earlier in the batch), or to store, opening
+    its conversation if needed."""
+    plan = BatchPlan(outcomes=[None] * len(batch), accepted=[], repeated=[], new_conversations={})
+    first_with_key: dict[MessageKey, int] = {}
     for index, item in enumerate(batch):
         refusal = ingest_refusal(item, channels.get(item.channel_id), owners.get(item.incoming.business_id))
         if refusal is not None:
-            outcomes[index] = refusal
+            plan.outcomes[index] = refusal
             continue
         message_key = _message_key(item)
         if message_key in stored_messages:
             message_id, conversation_id = stored_messages[message_key]
-            outcomes[index] = IngestResult(message_id, conversation_id, duplicate=True)
+            plan.outcomes[index] = IngestResult(message_id, conversation_id, duplicate=True)
             continue
         if message_key in first_with_key:
-            repeated.append((index, first_with_key[message_key]))
+            plan.repeated.append((index, first_with_key[message_key]))
             continue
         conversation_key = _conversation_key(item)
-        conversation = stored_conversations.get(conversation_key) or new_conversations.get(conversation_key)
+        conversation = stored_conversations.get(conversation_key) or plan.new_conversations.get(conversation_key)
         if conversation is None:
-            new_conversations[conversation_key] = new_conversation_row(item, now)
+            plan.new_conversations[conversation_key] = new_conversation_row(item, now)
         elif (refusal := business_refusal(item, conversation)) is not None:
-            outcomes[index] = refusal
+            plan.outcomes[index] = refusal
             continue
         first_with_key[message_key] = index
-        accepted.append(index)
+        plan.accepted.append(index)
+    return plan
+
+
+async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
+    """Ingests ``batch`` in the caller's transaction; one outcome per message, in order."""
+    channels = await _rows_by_id(conn, custom_channels, {item.channel_id for item in batch})
+    owners = await _rows_by_id(conn, businesses, {item.incoming.business_id for item in batch})
+    stored_messages = await _stored_messages(conn, {_message_key(item) for item in batch})
+    stored_conversations = await _stored_conversations(conn, {_conversation_key(item) for item in batch})
+    now = utcnow()
+    plan = plan_batch(batch, channels, owners, stored_messages, stored_conversations, now)
+    outcomes, accepted, repeated, new_conversations = plan.outcomes, plan.accepted, plan.repeated, plan.new_conversations
 
     if new_conversations:
         stored_conversations.update(await _create_conversations(conn, new_conversations))
@@ -236,11 +256,11 @@ async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence
     return outcomes  # type: ignore[return-value]  # every slot is filled above
 
 
-def _message_key(item: ChannelMessage) -> tuple[str, str]:
+def _message_key(item: ChannelMessage) -> MessageKey:
     return (item.channel_id, item.incoming.external_message_id)
 
 
-def _conversation_key(item: ChannelMessage) -> tuple[str, str]:
+def _conversation_key(item: ChannelMessage) -> ConversationKey:
     return (item.channel_id, item.incoming.external_conversation_id)
 
 
