@@ -389,8 +389,13 @@ def stored_keys(db_url: str) -> set[str]:
 
 
 def receiver_command(db_url: str, key_file: Path, port: int, workers: int) -> list[str]:
-    return [PYTHON, "-c", "from tidings.cli import main; main()", "receive", "--db", db_url,
-            "--public-key", str(key_file), "--port", str(port), "--workers", str(workers)]
+    """What ``tidings receive --db URL --public-key FILE --port P --workers N`` runs, without the rest of the CLI."""
+    from tidings.receiver.service import ReceiverConfig
+
+    config = ReceiverConfig(db_url=db_url, public_keys=[key_file.read_text()], workers=workers)
+    code = ("import sys; from tidings.receiver.service import ReceiverConfig, run_service; "
+            "run_service(ReceiverConfig.from_json(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))")
+    return [PYTHON, "-c", code, config.to_json(), str(port)]
 
 
 # ---------------------------------------------------------------- the run

@@ -34,6 +34,7 @@ T = TypeVar("T")
 Waiter = asyncio.Future | concurrent.futures.Future
 
 _STOP = object()
+CHECKPOINT_INTERVAL = 1.0  # seconds between SQLite checkpoints
 
 
 class _Job:
@@ -55,6 +56,8 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        self._stopped = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._commit_listeners: list[Callable[[int], None]] = []
         # For metrics and tests: commits of request records, records, seconds spent committing.
         self.batches = 0
@@ -69,6 +72,18 @@ class GroupCommitter:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="tidings-receiver-writer", daemon=True)
                 self._thread.start()
+                if self.log.is_sqlite:
+                    self._checkpointer = threading.Thread(
+                        target=self._checkpoint_now_and_then, name="tidings-receiver-checkpoint", daemon=True
+                    )
+                    self._checkpointer.start()
+
+    def _checkpoint_now_and_then(self) -> None:
+        while not self._stopped.wait(CHECKPOINT_INTERVAL):
+            try:
+                self.log.checkpoint()
+            except Exception:  # a busy or failing checkpoint is retried at the next interval
+                logger.exception("checkpointing the SQLite log failed")
 
     def close(self, timeout: float = 30.0) -> None:
         """Store what is queued, then stop the writer."""
@@ -78,6 +93,9 @@ class GroupCommitter:
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout)
+        self._stopped.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout)
 
     @property
     def closed(self) -> bool:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -135,6 +136,9 @@ class ReceiverService:
 
     @asynccontextmanager
     async def _lifespan(self, _app):
+        # What is alive now lives as long as the service: keep it out of the
+        # collector's full passes, which otherwise stall every request a moment.
+        gc.freeze()
         self.receiver.start()
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
