@@ -292,11 +292,11 @@ def _dialect_insert(conn: AsyncConnection, table):
 async def _create_conversations(conn: AsyncConnection, new: dict[tuple[str, str], dict[str, Any]]
                                 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Inserts the new conversations; one created meanwhile by another process is read instead."""
-    rows = [new[key] for key in sorted(new)]
     inserted = await conn.execute(
-        _dialect_insert(conn, conversations).values(rows)
+        _dialect_insert(conn, conversations)
         .on_conflict_do_nothing(index_elements=["custom_channel_id", "external_conversation_id"])
-        .returning(conversations.c.id, conversations.c.custom_channel_id, conversations.c.external_conversation_id))
+        .returning(conversations.c.id, conversations.c.custom_channel_id, conversations.c.external_conversation_id),
+        [new[key] for key in sorted(new)])
     created = {(row[1], row[2]): {**new[(row[1], row[2])], "id": row[0]} for row in inserted}
     missing = set(new) - set(created)
     if missing:
@@ -309,9 +309,10 @@ async def _insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) ->
     if not rows:
         return {}
     inserted = await conn.execute(
-        _dialect_insert(conn, messages).values(rows)
+        _dialect_insert(conn, messages)
         .on_conflict_do_nothing(index_elements=["custom_channel_id", "external_message_id"])
-        .returning(messages.c.id, messages.c.custom_channel_id, messages.c.external_message_id))
+        .returning(messages.c.id, messages.c.custom_channel_id, messages.c.external_message_id),
+        rows)
     return {(row[1], row[2]): row[0] for row in inserted}
 
 

@@ -36,13 +36,18 @@ async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, Messag
     created = utcnow()
     due = time.time() if now is None else now
     bodies = [dump_event(event) for _, event in items]
-    inserted = await conn.execute(
-        insert(events).returning(events.c.id, sort_by_parameter_order=True),
-        [{"org_id": org_id, "event_type": event.type, "conversation_id": event.payload.conversation.id,
-          "message_id": event.payload.message.id, "body": body, "created_at": created}
-         for (org_id, event), body in zip(items, bodies)],
-    )
-    event_ids = list(inserted.scalars())
+    rows = [{"org_id": org_id, "event_type": event.type, "conversation_id": event.payload.conversation.id,
+             "message_id": event.payload.message.id, "body": body, "created_at": created}
+            for (org_id, event), body in zip(items, bodies)]
+    if conn.dialect.name == "sqlite":
+        # SQLite numbers the rows of an INSERT in the order of its VALUES (the
+        # writer holds the database lock), so the ids in ascending order are
+        # the events in order; asking for sorted RETURNING rows would make
+        # SQLAlchemy send one INSERT per event.
+        event_ids = sorted((await conn.execute(insert(events).returning(events.c.id), rows)).scalars())
+    else:
+        event_ids = list((await conn.execute(
+            insert(events).returning(events.c.id, sort_by_parameter_order=True), rows)).scalars())
 
     subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
     for config_id, org_id, event_type, paused, ordering in (await conn.execute(
@@ -97,18 +102,16 @@ async def _take_sequences(conn: AsyncConnection, wanted: Counter[tuple[int, int]
     lock the rows in the same order.
     """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    keys = sorted(wanted)
-    statement = dialect.insert(delivery_sequences).values([
-        {"webhook_config_id": config_id, "conversation_id": conversation_id, "last_sequence": wanted[(config_id, conversation_id)]}
-        for config_id, conversation_id in keys
-    ])
+    statement = dialect.insert(delivery_sequences)
     statement = statement.on_conflict_do_update(
         index_elements=[delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id],
         set_={"last_sequence": delivery_sequences.c.last_sequence + statement.excluded.last_sequence},
     ).returning(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id,
                 delivery_sequences.c.last_sequence)
     taken = {}
-    for config_id, conversation_id, last in (await conn.execute(statement)).all():
+    rows = [{"webhook_config_id": config_id, "conversation_id": conversation_id, "last_sequence": wanted[(config_id, conversation_id)]}
+            for config_id, conversation_id in sorted(wanted)]
+    for config_id, conversation_id, last in (await conn.execute(statement, rows)).all():
         taken[(config_id, conversation_id)] = last - wanted[(config_id, conversation_id)] + 1
     return taken
 
