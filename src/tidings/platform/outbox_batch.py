@@ -4,9 +4,10 @@ statements whatever the number of events.
 The rules are those of ``tidings.platform.outbox.record_event`` (one event
 row with its body rendered once; one delivery per configuration of the
 organization subscribed to the event's type, held while the configuration
-is paused; a sequence number per configuration and conversation, taken
-atomically); ``tests/test_platform_outbox_batch.py`` checks that both give
-the same rows. Batched ingestion (``tidings.platform.ingestion``) records
+is paused, queued behind an unfinished one of its conversation when the
+configuration is ordered; a sequence number per configuration and
+conversation, taken atomically); ``tests/test_platform_ingestion.py``
+checks that both give the same rows. Batched ingestion (``tidings.platform.ingestion``) records
 its events here. This belongs in ``outbox.py``, beside ``record_event``,
 which could then be this function called with one event.
 """
