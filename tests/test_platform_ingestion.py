@@ -171,6 +171,8 @@ async def test_batched_events_get_the_same_rows_as_one_by_one(platform):
     one_by_one = await record(batched=False)
     batched = await record(batched=True)
     assert batched == one_by_one
+    # Every rule took part: ordered (the second event of conversation 1 waits), paused, unsubscribed.
+    assert [row[8] for row in batched] == ["pending", "pending", "held", "queued", "pending", None]
     assert [row[8] for row in batched if row[4] == b_config] == ["held"]
     assert sum(1 for row in batched if row[4] is None) == 1  # B has no message_updated configuration
 
