@@ -199,6 +199,27 @@ async def test_deleting_a_configuration_drops_its_pending_deliveries(platform):
     assert await platform.count(deliveries) == 0 and await platform.count(webhook_configs) == 0
 
 
+async def test_turning_ordering_off_lets_waiting_deliveries_go(platform):
+    a = await platform.tenant("A")
+    async with platform.client() as client:
+        created = (await client.post("/v2/webhooks", headers=a.headers, json={"items": [item()]})).json()["items"][0]
+        assert created["ordering"] == "conversation"
+        for external_id in ("m1", "m2", "m3"):
+            answer = await client.post(f"/v2/custom-channels/{a.channel_id}/messages", headers=a.headers, json={
+                "business_id": a.business_id, "external_conversation_id": "c", "external_message_id": external_id,
+                "content": "hi", "sender_type": "Consumer"})
+            assert answer.status_code == 200
+        statuses = [row.status for row in await platform.rows(select(deliveries.c.status).order_by(deliveries.c.id))]
+        assert statuses == ["pending", "queued", "queued"]  # one conversation's events wait for their turn
+        same = await client.put(f"/v2/webhooks/{created['id']}", headers=a.headers, json={"ordering": "conversation"})
+        assert same.status_code == 200
+        assert [row.status for row in await platform.rows(select(deliveries.c.status))].count("queued") == 2
+        off = await client.put(f"/v2/webhooks/{created['id']}", headers=a.headers, json={"ordering": "none"})
+    assert off.status_code == 200 and off.json()["ordering"] == "none"
+    statuses = [row.status for row in await platform.rows(select(deliveries.c.status).order_by(deliveries.c.id))]
+    assert statuses == ["pending", "pending", "pending"]
+
+
 async def test_pagination(platform):
     a = await platform.tenant("A")
     async with platform.client() as client:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import EVENT_TYPES, format_iso_z, utcnow
 from tidings.contract.signing import generate_secret
+from tidings.platform import delivery_store
 from tidings.platform.api.auth import OrgContext, org_context
 from tidings.platform.api.context import PlatformContext, platform_context
 from tidings.platform.api.models import (
@@ -180,10 +181,12 @@ async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: 
             raise rule_refusal(error) from None
         changes["ordering"] = body.ordering
     async with platform.engine.begin() as conn:
-        await load_config(conn, org, webhook_id)
+        current = await load_config(conn, org, webhook_id)
         row = (await conn.execute(update(webhook_configs).where(
             webhook_configs.c.id == webhook_id, webhook_configs.c.org_id == org.org_id)
             .values(**changes, updated_at=utcnow()).returning(webhook_configs))).first()
+        if row.ordering != current.ordering:  # deliveries waiting for their turn may go now
+            await delivery_store.ordering_changed(conn, config_id=webhook_id, ordering=row.ordering, now=time.time())
     return config_out(row)
 
 
