@@ -388,11 +388,11 @@ def stored_keys(db_url: str) -> set[str]:
     return keys
 
 
-def receiver_command(db_url: str, key_file: Path, port: int, workers: int) -> list[str]:
+def receiver_command(db_url: str, key_file: Path, port: int, workers: int, verify_threads: int) -> list[str]:
     """What ``tidings receive --db URL --public-key FILE --port P --workers N`` runs, without the rest of the CLI."""
     from tidings.receiver.service import ReceiverConfig
 
-    config = ReceiverConfig(db_url=db_url, public_keys=[key_file.read_text()], workers=workers)
+    config = ReceiverConfig(db_url=db_url, public_keys=[key_file.read_text()], workers=workers, verify_threads=verify_threads)
     code = ("import sys; from tidings.receiver.service import ReceiverConfig, run_service; "
             "run_service(ReceiverConfig.from_json(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))")
     return [PYTHON, "-c", code, config.to_json(), str(port)]
@@ -407,6 +407,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds of each throughput run")
     parser.add_argument("--connections", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the receiver")
+    parser.add_argument("--verify-threads", type=int, default=1, help="per worker; 0 verifies in the event loop")
     parser.add_argument("--latency-rate", type=float, default=2000.0)
     parser.add_argument("--latency-seconds", type=float, default=5.0)
     parser.add_argument("--events", type=int, default=0, help="distinct events to sign (default: enough for the runs)")
@@ -452,7 +453,7 @@ def main() -> None:
 
         db_url, drop = fresh_store(args.db, folder, "throughput")
         port = free_port()
-        server = Server(receiver_command(db_url, key_file, port, args.workers), port)
+        server = Server(receiver_command(db_url, key_file, port, args.workers, args.verify_threads), port)
         try:
             cpu_before = server.cpu_seconds()
             ok, other, seconds = throughput(port)
@@ -471,7 +472,7 @@ def main() -> None:
 
         db_url, drop = fresh_store(args.db, folder, "latency")
         port = free_port()
-        server = Server(receiver_command(db_url, key_file, port, args.workers), port)
+        server = Server(receiver_command(db_url, key_file, port, args.workers, args.verify_threads), port)
         try:
             latency_raw = [raw_request("/webhook", body, headers) for body, headers in latency_requests]
             latencies, statuses = asyncio.run(open_loop(port, latency_raw, args.latency_rate, 64))
@@ -503,6 +504,7 @@ def main() -> None:
         "server_cpu_us_per_event": round(receiver["cpu_us"]) if receiver["cpu_us"] else None,
         "connections": args.connections,
         "workers": args.workers,
+        "verify_threads": args.verify_threads,
         "duration_s": args.duration,
         "client": client,
         "cpus": os.cpu_count(),

@@ -47,9 +47,11 @@ def free_port() -> int:
 class ServerThread:
     """An ASGI app served by uvicorn on 127.0.0.1 in a thread, with its lifespan."""
 
-    def __init__(self, app, lifespan: str = "on") -> None:
+    def __init__(self, app, lifespan: str = "on", **options) -> None:
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning", access_log=False, **options
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

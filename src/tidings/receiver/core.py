@@ -199,26 +199,36 @@ class Receiver:
         self, body: bytes, headers: Headers, query: str = "", path_secret: str | None = None
     ) -> Answer:
         """The answer to give to one request, once its body is durably stored (or refused)."""
+        return await self.submit(body, headers, query, path_secret)
+
+    def submit(self, body: bytes, headers: Headers, query: str = "", path_secret: str | None = None) -> asyncio.Future:
+        """``handle`` without the coroutine: a future of the ``Answer``, in the running loop.
+
+        For servers that answer from a callback rather than a task per request.
+        """
         if not self._started:
             self.start()
-        if self._closed:
-            return BUSY
         loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._closed:
+            future.set_result(BUSY)
+            return future
         expiry = self._expiry.get(loop)
         if expiry is None:
             expiry = self._expiry[loop] = _Expiry(loop, self.max_wait)
         if len(expiry) >= self.max_pending:
-            return BUSY
-        future = loop.create_future()
+            future.set_result(BUSY)
+            return future
         expiry.watch(future)
         if self.verify_threads == 0:
             outcome = self.admit(body, lowercase_headers(headers), query, path_secret)
             if isinstance(outcome, Answer):
-                return outcome
-            self.committer.submit(outcome, future)
+                future.set_result(outcome)
+            else:
+                self.committer.submit(outcome, future)
         else:
             self._verify_queue.put((body, headers, query, path_secret, future))
-        return await future
+        return future
 
     def _verify_loop(self) -> None:
         get, get_nowait, empty = self._verify_queue.get, self._verify_queue.get_nowait, queue.Empty

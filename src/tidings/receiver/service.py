@@ -205,12 +205,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _http_protocol() -> str:
+    """uvicorn's httptools protocol with the webhook fast path, or uvicorn's choice without httptools."""
+    try:
+        import tidings.receiver.fast_http  # noqa: F401  (needs httptools)
+    except ImportError:
+        return "auto"
+    return "tidings.receiver.fast_http:WebhookHttpProtocol"
+
+
 def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 8000, handlers: Handlers | None = None) -> None:
     """Serve until interrupted. uvloop and httptools are used when installed (uvicorn[standard])."""
     import uvicorn
 
     # No proxy-header rewriting and no Server header: less work per request on the hot path.
-    options = dict(host=host, port=port, loop="auto", http="auto", access_log=False, log_level="warning",
+    options = dict(host=host, port=port, loop="auto", http=_http_protocol(), access_log=False, log_level="warning",
                    proxy_headers=False, server_header=False)
     if config.workers <= 1:
         uvicorn.run(ReceiverService(config, handlers).app, **options)
