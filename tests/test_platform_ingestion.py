@@ -267,3 +267,45 @@ def test_plan_batch_decides_without_a_database():
     opened = plan.new_conversations[("ch", "c2")]
     assert (opened["business_id"], opened["org_id"], opened["created_at"], opened["messaging_partner"]) == (
         "b1", 1, now, "Custom")
+
+
+def test_each_request_in_its_own_event_loop_still_ingests_and_replies(sqlite_url):
+    """Starlette's test client runs every request in a new event loop: the
+    ingestion queue and the simulated partners follow it there."""
+    from starlette.testclient import TestClient
+    from sqlalchemy.pool import NullPool
+
+    from tests.platform_support import Platform, create_schema, platform_settings
+    from tidings.contract.signing import Signer, generate_private_key
+    from tidings.platform.api.context import PlatformContext
+    from tidings.platform import tenants
+    from tidings.store.engine import create_engine
+
+    create_schema(sqlite_url)
+    engine = create_engine(sqlite_url, poolclass=NullPool)  # no connection outlives its loop
+    platform = Platform(PlatformContext(platform_settings(sqlite_url), engine, Signer(generate_private_key())))
+
+    async def setup():
+        async with engine.begin() as conn:
+            org_id, key = await tenants.create_organization(conn, "A")
+            business_id = await tenants.create_business(conn, org_id, "Shop")
+            channel_id = await tenants.create_custom_channel(conn, org_id, "Chat")
+            from tidings.platform.conversations import receive_partner_message
+
+            conversation_id, _ = await receive_partner_message(
+                conn, platform.signer, org_id=org_id, business_id=business_id, partner="SMS", content="hi")
+        return key, business_id, channel_id, conversation_id
+
+    key, business_id, channel_id, conversation_id = asyncio.run(setup())
+    client = TestClient(platform.app)  # not entered: no lifespan, one loop per request
+    for number in range(3):
+        answer = client.post(f"/v2/custom-channels/{channel_id}/messages", headers={"x-APIKey": key}, json={
+            "business_id": business_id, "external_conversation_id": "c", "external_message_id": f"m{number}",
+            "content": "hi", "sender_type": "Consumer"})
+        assert answer.status_code == 200, answer.text
+        reply = client.post("/v2/messages", headers={"x-APIKey": key},
+                            json={"conversation_id": conversation_id, "content": "ok"})
+        assert reply.status_code == 200, reply.text
+    listed = client.get("/v2/messages", headers={"x-APIKey": key},
+                        params={"conversation_id": conversation_id, "per_page": 100}).json()
+    assert listed["count"] == 4

@@ -54,11 +54,15 @@ class IngestQueue:
 
         Raises ``MessagingError`` (or a subclass) for a refusal.
         """
-        answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            # First use, or a new event loop (a test client may run each request in its own).
+            self._wake = asyncio.Event()
+            self._waiting = [pending for pending in self._waiting if pending.answer.get_loop() is loop]
+            self._task = loop.create_task(self._run(), name="ingest-queue")
+        answer = loop.create_future()
         self._waiting.append(_Pending(message, answer))
         self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-queue")
         return await answer
 
     async def stop(self) -> None:
@@ -66,9 +70,10 @@ class IngestQueue:
             pending.answer.cancel()
         self._waiting = []
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            if self._task.get_loop() is asyncio.get_running_loop():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
 
     async def _run(self) -> None:

@@ -62,19 +62,25 @@ class PartnerSimulator:
 
     def submit(self, message_id: int) -> None:
         """Hands a reply (already committed, ``Sending``) to its partner."""
-        self._queue.put_nowait((time.monotonic() + self.settings.latency, message_id))
         self._ensure_running()
+        self._queue.put_nowait((time.monotonic() + self.settings.latency, message_id))
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            if self._task.get_loop() is asyncio.get_running_loop():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
 
     def _ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._task.get_loop() is not loop:
+            # A new event loop (a test client may run each request in its own): start afresh there.
+            self._task = None
+            self._queue = asyncio.Queue()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="partner-simulator")
+            self._task = loop.create_task(self._run(), name="partner-simulator")
 
     async def _run(self) -> None:
         while True:
