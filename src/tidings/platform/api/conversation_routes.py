@@ -77,7 +77,7 @@ def cursor_position(cursor: str | None) -> int | None:
 async def ingest_message(
     body: IncomingMessageIn, request: Request,
     channel_id: str = Path(max_length=24, description="The custom channel's id"),
-    org: OrgContext = Depends(org_context), platform: PlatformContext = Depends(platform_context),
+    org: OrgContext = Depends(org_context),
 ) -> dict[str, Any]:
     """Messages with one ``external_conversation_id`` share a conversation,
     created with the first; a message whose ``external_message_id`` was
