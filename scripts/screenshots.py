@@ -73,7 +73,49 @@ def seed_platform(platform: PlatformServer, healthy: Endpoint, struggling: Endpo
     platform.run(updates)
     wait_for(lambda: all(row.status in ("delivered", "failed") for row in delivery_rows(platform, shop.org_id)),
              seconds=60, what="every delivery to finish")
+    hold_back_a_conversation(platform, shop.org_id)
     platform.shop = shop
+
+
+HELD_CONVERSATION = 48213
+
+
+def hold_back_a_conversation(platform: PlatformServer, org_id: int) -> None:
+    """Ordered delivery, for the deliveries page's "Held back" section: four
+    updates of one conversation to the struggling endpoint, whose first has
+    been refused three times and waits for its next try; the others wait
+    queued behind it. Their first try is set after the screenshots are
+    taken, so the dispatcher leaves them as they are meanwhile."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select, update
+
+    from tidings.contract.samples import SampleFactory
+    from tidings.platform import delivery_store
+    from tidings.platform.outbox import record_event
+    from tidings.store.platform_tables import deliveries
+
+    samples = SampleFactory(6)
+    later = time.time() + 95
+
+    async def work(conn) -> None:
+        for _ in range(4):
+            event = samples.message_updated(org_id=org_id, conversation={"id": HELD_CONVERSATION})
+            await record_event(conn, org_id=org_id, event=event, signer=platform.signer, now=later)
+        head = (await conn.execute(
+            select(deliveries.c.id).where(deliveries.c.conversation_id == HELD_CONVERSATION)
+            .order_by(deliveries.c.sequence))).scalars().first()
+        first_try = datetime.now(UTC) - timedelta(seconds=50)
+        await delivery_store.record_attempts(conn, [
+            delivery_store.AttemptRow(head, number, first_try + timedelta(seconds=offset), duration, 503,
+                                      '{"error":"upstream busy, retry later"}', None,
+                                      {"Content-Type": "application/json"}, "worker-1")
+            for number, offset, duration in ((1, 0, 41.0), (2, 12, 38.5), (3, 45, 44.2))
+        ])
+        await conn.execute(update(deliveries).where(deliveries.c.id == head).values(
+            attempt_count=3, last_status_code=503, last_error="answered 503; retry 3 in 95 s"))
+
+    platform.run(work)
 
 
 # (sender type, sender label, content type, content, status) per message, a few minutes apart.

@@ -239,9 +239,9 @@ async def test_the_stream_sends_only_the_organizations_new_deliveries(dash):
 
     poll = _deliveries_stream(dash.app.state.platform, acme.org_id, DeliveryFilter())
     found = await poll(start.spelled())
-    upserts = [change for change in found.changes if isinstance(change, live.Upsert)]
-    assert len(upserts) == 1 and len(found.changes) == 1
-    (change,) = upserts
+    rows = [change for change in found.changes if change.key != "held-back"]  # the section: tested below
+    assert len(rows) == 1 and isinstance(rows[0], live.Upsert)
+    (change,) = rows
     async with dash.engine.connect() as conn:
         acme_new = (await conn.execute(select(deliveries.c.id).where(
             deliveries.c.org_id == acme.org_id).order_by(deliveries.c.id.desc()))).scalars().first()
@@ -257,7 +257,8 @@ async def test_the_stream_sends_only_the_organizations_new_deliveries(dash):
     await dash.finish(acme_new, (500, None, 3.0), status="failed")
     only_pending = _deliveries_stream(dash.app.state.platform, acme.org_id, DeliveryFilter(status="pending"))
     changed = await only_pending(found.position)
-    assert changed.changes == [live.Removal(f"delivery-{acme_new}")]
+    assert [change for change in changed.changes if change.key != "held-back"] == [
+        live.Removal(f"delivery-{acme_new}")]
 
 
 # ---------------------------------------------------------------- filters
@@ -451,3 +452,211 @@ async def test_mounting_twice_changes_nothing(dash):
     routes = len(dash.app.routes)
     mount_dashboard(dash.app)
     assert len(dash.app.routes) == routes
+
+
+# ---------------------------------------------------------------- held back by ordered delivery
+
+
+async def record_conversation(dash: Dashboard, org: Org, conversation_id: int, events: int) -> list[int]:
+    """``events`` events of one conversation through the outbox: one head, the rest queued behind it."""
+    async with dash.engine.begin() as conn:
+        for _ in range(events):
+            event = dash.samples.message_created(org_id=org.org_id, conversation={"id": conversation_id})
+            await record_event(conn, org_id=org.org_id, event=event, signer=dash.signer)
+        return list((await conn.execute(
+            select(deliveries.c.id).where(deliveries.c.org_id == org.org_id,
+                                          deliveries.c.conversation_id == conversation_id)
+            .order_by(deliveries.c.sequence))).scalars())
+
+
+async def set_delivery(dash: Dashboard, delivery_id: int, **values) -> None:
+    async with dash.engine.begin() as conn:
+        await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(**values))
+
+
+def held_back_rows(html: str) -> dict[str, str]:
+    """The held-back section's rows by id, each as its text."""
+    section = re.search(r'<section id="held-back".*?</section>', html, re.S).group(0)
+    return {row_id: " ".join(re.sub(r"<[^>]+>", " ", row).split())
+            for row_id, row in re.findall(r'<tr id="(held-\d+-\d+)".*?>(.*?)</tr>', section, re.S)}
+
+
+def held_back_hidden(html: str) -> bool:
+    return bool(re.search(r'<section id="held-back"[^>]* hidden>', html))
+
+
+async def test_the_deliveries_page_shows_each_held_back_conversation_and_why(dash):
+    acme = await dash.org("Acme", events=0)
+    globex = await dash.org("Globex", events=0)
+    failing = await record_conversation(dash, acme, 501, events=3)
+    sending = await record_conversation(dash, acme, 502, events=2)
+    alone = await record_conversation(dash, acme, 503, events=1)
+    theirs = await record_conversation(dash, globex, 501, events=3)  # the same conversation id, another organization
+    assert [await dash.status(i) for i in failing] == ["pending", "queued", "queued"]
+    assert [await dash.status(i) for i in alone] == ["pending"]
+    # 501's head has failed four times and waits for its next try; 502's is being sent.
+    await set_delivery(dash, failing[0], attempt_count=4, last_status_code=500,
+                       last_error="answered 500; retry 4 in 480 s", next_attempt_at=time.time() + 120)
+    await set_delivery(dash, sending[0], status="delivering", worker_id="w1", attempt_count=1,
+                       last_status_code=503)
+    for queued in failing[1:]:
+        await set_delivery(dash, queued, created_at=NOW - timedelta(minutes=10))
+
+    async with dash.client(acme) as client:
+        page = (await client.get("/dashboard/deliveries")).text
+    assert not held_back_hidden(page)
+    rows = held_back_rows(page)
+    assert list(rows) == [f"held-{acme.config_id}-501", f"held-{acme.config_id}-502"]  # longest wait first
+    first = rows[f"held-{acme.config_id}-501"]
+    assert first.startswith("501 https://hooks.example.com/in/acme configuration #")
+    assert " 2 events " in first and f"#{failing[0]} pending" in first
+    assert re.search(r"retrying: 4 attempts failed, last answer HTTP 500, next try in (2 min|1 min \d+ s) ", first)
+    since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")
+    assert re.search(rf"{since} for 10 min( \d+ s)?$", first)  # NOW was read when the tests were collected
+    second = rows[f"held-{acme.config_id}-502"]
+    assert " 1 event " in second and f"#{sending[0]} delivering" in second and "being sent (attempt 2)" in second
+    assert f'href="/dashboard/deliveries/{failing[0]}" class="head-link"' in page
+    assert "2 conversations with 3 events waiting" in page
+    # Another organization's held-back conversation never shows, not even one with the same id.
+    assert f"held-{globex.config_id}-" not in page and "/globex" not in page
+    assert f'id="delivery-{theirs[1]}"' not in page
+
+    # The section follows the configuration filter.
+    async with dash.client(acme) as client:
+        one = (await client.get(f"/dashboard/deliveries?config={acme.config_id}")).text
+        assert list(held_back_rows(one)) == list(rows) and "configuration #" in one
+        foreign = (await client.get(f"/dashboard/deliveries?config={globex.config_id}")).text
+        assert held_back_hidden(foreign) and held_back_rows(foreign) == {}
+
+        # Paused: the pending head is held, and the reason says so (and what happened before).
+        await client.post(f"/dashboard/configurations/{acme.config_id}/pause", data={"reason": "maintenance"})
+        paused = held_back_rows((await client.get("/dashboard/deliveries")).text)
+    assert await dash.status(failing[0]) == "held"
+    assert ("paused configuration (maintenance); before: 4 attempts failed, last answer HTTP 500"
+            in paused[f"held-{acme.config_id}-501"])
+    assert "being sent" in paused[f"held-{acme.config_id}-502"]  # a delivery being sent finishes
+
+
+async def test_a_conversation_with_nothing_queued_is_not_held_back(dash):
+    acme = await dash.org("Acme", events=0)
+    await record_conversation(dash, acme, 601, events=1)
+    async with dash.client(acme) as client:
+        page = (await client.get("/dashboard/deliveries")).text
+    assert held_back_hidden(page) and held_back_rows(page) == {}
+
+
+async def test_queued_is_a_status_like_the_others(dash):
+    from tidings.platform.delivery_store import STATUSES
+    from tidings.web.dashboard_queries import DELIVERY_STATUSES
+    from tidings.web.templating import render_macro
+
+    assert sorted(DELIVERY_STATUSES) == sorted(STATUSES)
+    for status in STATUSES:
+        assert f'class="badge status-{status}"' in render_macro("_rows.html", "status_badge", status=status)
+    assert ".status-queued" in (dashboard.STATIC_DIR / "tidings.css").read_text()
+
+    acme = await dash.org("Acme", events=0)
+    ids = await record_conversation(dash, acme, 701, events=3)
+    async with dash.client(acme) as client:
+        page = (await client.get("/dashboard/deliveries?status=queued")).text
+        configurations = (await client.get("/dashboard/configurations")).text
+    assert '<option value="queued" selected>queued</option>' in page
+    assert sorted(shown_deliveries(page)) == ids[1:]
+    assert page.count('class="badge status-queued"') == 2
+    queued_link = f'href="/dashboard/deliveries?config={acme.config_id}#held-back" class="queued-link">2 queued</a>'
+    assert queued_link in configurations
+
+
+async def test_a_queued_delivery_says_what_it_waits_behind(dash):
+    acme = await dash.org("Acme", events=0)
+    head, waiting = await record_conversation(dash, acme, 801, events=2)
+    await set_delivery(dash, head, attempt_count=1, last_error="connection: refused; retry 1 in 30 s",
+                       next_attempt_at=time.time() + 30)
+    async with dash.client(acme) as client:
+        page = (await client.get(f"/dashboard/deliveries/{waiting}")).text
+        head_page = (await client.get(f"/dashboard/deliveries/{head}")).text
+    fact = re.search(r'<div id="waits-behind">.*?</div>', page, re.S).group(0)
+    behind = " ".join(re.sub(r"<[^>]+>", " ", fact).split())
+    assert behind.startswith(f"Waits behind #{head} pending "
+                             "retrying: 1 attempt failed, no answer (connection: refused), next try in ")
+    assert "<dt>Conversation</dt><dd>801 <span class=\"muted\">· sequence 2</span>" in page
+    assert 'id="waits-behind"' not in head_page  # the head waits behind nothing
+
+
+async def test_the_deliveries_stream_redraws_the_held_back_section_after_a_change(dash, monkeypatch):
+    from tidings.web.dashboard import _deliveries_stream
+    from tidings.web.dashboard_queries import head
+
+    monkeypatch.setattr(dashboard, "HELD_BACK_REFRESH", 0.3)
+    acme = await dash.org("Acme", events=0)
+    globex = await dash.org("Globex", events=0)
+    async with dash.engine.connect() as conn:
+        start = await head(conn)
+    poll = _deliveries_stream(dash.app.state.platform, acme.org_id, DeliveryFilter())
+    await record_conversation(dash, globex, 901, events=2)
+    found = await poll(start.spelled())
+    assert found.changes == []  # nothing of Acme's changed: nothing drawn
+
+    ids = await record_conversation(dash, acme, 901, events=2)
+    found = await poll(found.position)
+    (section,) = [change for change in found.changes if change.key == "held-back"]
+    assert [change.key for change in found.changes if change.key != "held-back"] == [f"delivery-{i}" for i in ids]
+    assert list(held_back_rows(section.html)) == [f"held-{acme.config_id}-901"]
+    assert not held_back_hidden(section.html)
+
+    # Another change soon after: its row at once, the section not before HELD_BACK_REFRESH...
+    more = await record_conversation(dash, acme, 901, events=1)  # every delivery of the conversation
+    found = await poll(found.position)
+    assert [change.key for change in found.changes] == [f"delivery-{more[-1]}"]
+    # ...and then, even with nothing new: the last change is not left out.
+    time.sleep(0.35)
+    found = await poll(found.position)
+    (section,) = found.changes
+    assert " 2 events " in held_back_rows(section.html)[f"held-{acme.config_id}-901"]
+
+    # Once nothing waits any more the section is sent empty (hidden), then not again while it stays so.
+    for delivery_id in more:
+        await dash.finish(delivery_id, (200, None, 3.0), status="delivered")
+    time.sleep(0.35)
+    found = await poll(found.position)
+    (section,) = [change for change in found.changes if change.key == "held-back"]
+    assert held_back_hidden(section.html) and held_back_rows(section.html) == {}
+    await dash.finish(more[0], (200, None, 3.0), status="delivered")  # another attempt: a change
+    time.sleep(0.35)
+    found = await poll(found.position)
+    assert [change.key for change in found.changes] == [f"delivery-{more[0]}"]
+
+
+async def test_the_held_back_queries_use_the_ordering_indexes(sqlite_url):
+    """SQLite's plan for each statement: the queued rows by ix_deliveries_config_status_id, the heads by
+    ix_deliveries_order, never a scan of the whole deliveries table."""
+    from sqlalchemy import event, text
+
+    from tidings.web.dashboard_queries import held_back
+
+    dash = Dashboard(sqlite_url)
+    acme = await dash.org("Acme", events=0)
+    await record_conversation(dash, acme, 1001, events=3)
+    statements: list[tuple[str, tuple]] = []
+
+    def remember(_conn, _cursor, statement, parameters, _context, _many):
+        if "deliveries" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(dash.engine.sync_engine, "before_cursor_execute", remember)
+    async with dash.engine.connect() as conn:
+        found = await held_back(conn, acme.org_id, limit=1)  # at the limit: the totals are counted too
+        event.remove(dash.engine.sync_engine, "before_cursor_execute", remember)
+        assert (found.total_conversations, found.total_waiting) == (1, 2)
+        plans = []
+        for statement, parameters in statements:
+            raw = await conn.get_raw_connection()
+            cursor = raw.driver_connection  # aiosqlite's connection
+            rows = await (await cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)).fetchall()
+            plans.append(" | ".join(row[-1] for row in rows))
+    await dash.engine.dispose()
+    assert len(plans) == 3, plans  # the groups, their totals, the heads
+    for plan in plans[:2]:
+        assert "SEARCH deliveries USING INDEX ix_deliveries_config_status_id (webhook_config_id=? AND status=?)" in plan
+    assert "SEARCH deliveries USING INDEX ix_deliveries_order (webhook_config_id=? AND conversation_id=?)" in plans[2]
+    assert not any("SCAN deliveries" in plan for plan in plans), plans

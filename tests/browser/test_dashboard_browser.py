@@ -133,3 +133,43 @@ def test_one_organizations_session_cannot_see_anothers_data(
     page.click("text=Sign out")
     page.goto(platform.base_url + "/dashboard/deliveries")
     expect(page).to_have_url(re.compile(r"/dashboard/sign-in"))
+
+
+def test_a_conversation_held_back_shows_live_with_why(platform: PlatformServer, endpoint: Endpoint, page: Page):
+    from tidings.contract import utcnow
+    from tidings.platform import delivery_store
+
+    acme = platform.tenant("Acme")
+    config_id = platform.subscribe(acme, endpoint.url)
+    platform.run(lambda conn: delivery_store.pause_configuration(conn, config_id=config_id, reason="maintenance",
+                                                                 now=utcnow()))
+    sign_in(page, platform, acme, "/dashboard/deliveries")
+    expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")
+    section = page.locator("#held-back")
+    expect(section).to_be_hidden()
+
+    for number, text in enumerate(["Hello", "Is the shop open?", "On Sunday, I mean."], start=1):
+        platform.ingest(acme, text, conversation="conv-held", number=number)
+    head, *queued = delivery_rows(platform, acme.org_id)
+    assert (head.status, [row.status for row in queued]) == ("held", ["queued", "queued"])
+
+    # Without a reload: the conversation, how many wait, the head and why.
+    row = page.locator("#held-back-rows > tr")
+    expect(section).to_be_visible()
+    expect(row).to_have_count(1)
+    expect(row.locator(".waiting")).to_have_text("2 events")
+    expect(row.locator(".reason")).to_have_text("paused configuration (maintenance)")
+    expect(row.locator("a.head-link")).to_have_text(f"#{head.id}")
+    expect(delivery_row(page, queued[0].id).locator(".badge")).to_have_text("queued")
+
+    row.locator("a.head-link").click()
+    expect(page.locator("#delivery-summary")).to_have_attribute("data-status", "held")
+
+    # Resumed: the conversation goes, in order, and nothing is held back any more.
+    page.goto(platform.base_url + "/dashboard/configurations")
+    page.click("button[data-action=resume]")
+    wait_for(lambda: all(row.status == "delivered" for row in delivery_rows(platform, acme.org_id)),
+             what="the conversation to be delivered")
+    page.goto(platform.base_url + "/dashboard/deliveries")
+    expect(section).to_be_hidden()
+    expect(page.locator("#held-back-rows > tr")).to_have_count(0)

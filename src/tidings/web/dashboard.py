@@ -1,7 +1,8 @@
 """The platform's dashboard, served by ``tidings serve`` under ``/dashboard``.
 
 Pages: the webhook configurations with their health, the deliveries with
-filters, one delivery with every attempt. Actions: re-send a delivery,
+filters (and, above them, the conversations that ordered delivery holds
+back, with why), one delivery with every attempt. Actions: re-send a delivery,
 recover failed deliveries since a time, send a test event, pause and resume
 a configuration; each calls the dispatcher's own function in
 ``tidings.platform.delivery_store``. Pages update themselves by server-sent
@@ -30,12 +31,14 @@ from tidings.web import dashboard_queries as queries
 from tidings.web import session
 from tidings.web.origin import check_same_origin
 from tidings.web.health import health_of
+from tidings.web.held_back import hold_reason, spoken_duration
 from tidings.web.live import Poll, Removal, Upsert, event_stream, order_key, poll_stream, start_position
 from tidings.web.templating import STATIC_DIR, TEMPLATES, render_macro
 
 PREFIX = "/dashboard"
 STATIC_PATH = PREFIX + "/static"
 HEALTH_WINDOW = timedelta(hours=24)
+HELD_BACK_REFRESH = 5.0  # seconds at least between two redraws of a live page's held-back section
 NOTICE_COOKIE = "tidings_notice"
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -345,6 +348,22 @@ def tryout_summary(result: dict[str, Any]) -> tuple[str, str]:
 # ---------------------------------------------------------------- deliveries
 
 
+def held_back_rows(found: queries.HeldBack, now: float) -> list[dict[str, Any]]:
+    """Each held-back conversation with why it waits and for how long, at Unix time ``now``."""
+    return [{
+        "item": item,
+        "reason": hold_reason(item.head, paused=bool(item.config.paused), paused_reason=item.config.paused_reason,
+                              now=now),
+        "waited": spoken_duration(now - item.waiting_since.timestamp()),
+    } for item in found.conversations]
+
+
+def _held_back_change(found: queries.HeldBack, config_id: int | None) -> Upsert:
+    html = render_macro("_rows.html", "held_back_section", held=found, rows=held_back_rows(found, time.time()),
+                        config_id=config_id)
+    return Upsert("held-back", html, "held-back", "0")
+
+
 def _delivery_change(row: Any, wanted: queries.DeliveryFilter) -> Upsert | Removal:
     key = f"delivery-{row.id}"
     if not wanted.matches(row):
@@ -362,12 +381,14 @@ async def deliveries_page(
     async with platform.engine.connect() as conn:
         now = await queries.head(conn)
         rows = await queries.delivery_page(conn, org.org_id, wanted, before)
+        held = await queries.held_back(conn, org.org_id, wanted.config_id)
         configs = await queries.configurations(conn, org.org_id)
         event_types = await queries.event_types(conn, org.org_id)
         org_name = await queries.organization_name(conn, org.org_id)
     query = filter_query(wanted)
     return page(
         request, "deliveries.html", org, section="deliveries", rows=rows, configs=configs,
+        held=held, held_rows=held_back_rows(held, time.time()),
         event_types=event_types, statuses=queries.DELIVERY_STATUSES, wanted=wanted, query=query,
         since_value=utc_input_value(wanted.since), until_value=utc_input_value(wanted.until),
         position=now.spelled(), live=before is None,
@@ -388,10 +409,22 @@ async def delivery_page(
             raise HTTPException(404, "no such delivery in this organization")
         tries = await queries.delivery_attempts(conn, delivery_id)
         org_name = await queries.organization_name(conn, org.org_id)
+        behind = await _waits_behind(conn, org.org_id, row)
     return page(
         request, "delivery.html", org, section="deliveries", delivery=row, attempts=tries,
-        position=now.spelled(), org_name=org_name,
+        position=now.spelled(), org_name=org_name, behind=behind,
     )
+
+
+async def _waits_behind(conn: Any, org_id: int, row: Any) -> dict[str, Any] | None:
+    """For a queued delivery: the head of its conversation it waits behind, and why that one is not done."""
+    if row.status != "queued" or row.conversation_id is None:
+        return None
+    pair = (row.webhook_config_id, row.conversation_id)
+    head = (await queries.conversation_heads(conn, org_id, [pair])).get(pair)
+    config = await queries.configuration(conn, org_id, row.webhook_config_id)
+    reason = hold_reason(head, paused=bool(config.paused), paused_reason=config.paused_reason, now=time.time())
+    return {"head": head, "reason": reason}
 
 
 @router.post("/deliveries/{delivery_id}/resend")
@@ -478,9 +511,24 @@ async def events(
 
 
 def _deliveries_stream(platform: PlatformContext, org_id: int, wanted: queries.DeliveryFilter):
+    # The held-back section is drawn again after deliveries changed (a new
+    # one, a new attempt), at most every HELD_BACK_REFRESH seconds: it is a
+    # grouped query, not a range scan like the rows'. An empty section is
+    # sent once, not again while it stays empty.
+    held_back = {"stale": False, "next": 0.0, "sent_empty": False}
+
     async def poll(position: str) -> Poll:
         rows, now = await _deliveries_poll(platform, org_id, queries.Head.parse(position), wanted)
-        return Poll([_delivery_change(row, wanted) for row in rows], now.spelled())
+        changes: list = [_delivery_change(row, wanted) for row in rows]
+        held_back["stale"] = held_back["stale"] or bool(rows)
+        if held_back["stale"] and time.monotonic() >= held_back["next"]:
+            async with platform.engine.connect() as conn:
+                found = await queries.held_back(conn, org_id, wanted.config_id)
+            empty = not found.conversations
+            if not (empty and held_back["sent_empty"]):
+                changes.append(_held_back_change(found, wanted.config_id))
+            held_back.update(stale=False, next=time.monotonic() + HELD_BACK_REFRESH, sent_empty=empty)
+        return Poll(changes, now.spelled())
 
     return poll
 

@@ -13,15 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import EventType
 from tidings.store.platform_tables import attempts, deliveries, events, organizations, webhook_configs
 from tidings.web.health import AttemptOutcome
 
-DELIVERY_STATUSES = ("pending", "delivering", "delivered", "failed", "held")
+# Every status a delivery can be in (``delivery_store.STATUSES``), in the order of its life.
+DELIVERY_STATUSES = ("queued", "pending", "held", "delivering", "delivered", "failed")
+HEAD_STATUSES = ("pending", "delivering", "held")  # a conversation's one delivery that may be sent
 PAGE_SIZE = 100
+HELD_BACK_LIMIT = 50  # held-back conversations listed, those that waited longest first
 HEALTH_SAMPLE = 1000  # attempts per configuration that the health figures look at, newest first
 
 
@@ -237,3 +240,94 @@ async def changes_since(conn: AsyncConnection, org_id: int, since: Head, limit: 
         .limit(limit)
     )).all()
     return Changes(new_ids=list(new_ids), attempted_ids=[row[0] for row in attempted], head=now)
+
+
+# ---------------------------------------------------------------- ordered delivery: held-back conversations
+
+
+@dataclass(frozen=True)
+class HeldBackConversation:
+    """A conversation of one configuration whose later deliveries wait ``queued`` behind its head."""
+
+    config: Any  # the configuration's row
+    conversation_id: int
+    waiting: int  # queued deliveries
+    waiting_since: datetime  # when the oldest of them was created
+    head: Any | None  # the delivery they wait behind (``None``: there is none)
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    conversations: Sequence[HeldBackConversation]  # up to ``HELD_BACK_LIMIT``
+    total_conversations: int
+    total_waiting: int
+
+
+_HEAD_COLUMNS = (
+    deliveries.c.id, deliveries.c.webhook_config_id, deliveries.c.conversation_id, deliveries.c.sequence,
+    deliveries.c.status, deliveries.c.attempt_count, deliveries.c.next_attempt_at, deliveries.c.last_status_code,
+    deliveries.c.last_error, deliveries.c.created_at,
+)
+
+
+async def conversation_heads(conn: AsyncConnection, org_id: int,
+                             pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    """The head of each (configuration, conversation): its delivery that is
+    pending, being sent or held (the lowest sequence, should there be more).
+    Looked up by ``ix_deliveries_order``."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    rows = (await conn.execute(
+        select(*_HEAD_COLUMNS)
+        .where(tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id).in_(wanted),
+               deliveries.c.status.in_(HEAD_STATUSES), deliveries.c.org_id == org_id)
+        .order_by(deliveries.c.sequence.desc())
+    )).all()
+    return {(row.webhook_config_id, row.conversation_id): row for row in rows}  # the lowest sequence wins
+
+
+async def held_back(conn: AsyncConnection, org_id: int, config_id: int | None = None,
+                    limit: int = HELD_BACK_LIMIT) -> HeldBack:
+    """The organization's conversations with ``queued`` deliveries (of one
+    configuration when ``config_id`` is given), those that waited longest first.
+
+    The queued rows are found by ``ix_deliveries_config_status_id`` for each
+    of the organization's configurations, their heads by ``ix_deliveries_order``.
+    The queued rows are a materialized CTE: grouped straight from the table,
+    SQLite prefers ``ix_deliveries_order`` for its grouping order, and reads
+    every delivery the configuration ever had.
+    """
+    configs = {row.id: row for row in await configurations(conn, org_id)
+               if config_id is None or row.id == config_id}
+    if not configs:
+        return HeldBack([], 0, 0)
+    queued = (
+        select(deliveries.c.webhook_config_id, deliveries.c.conversation_id, deliveries.c.created_at)
+        .where(deliveries.c.webhook_config_id.in_(sorted(configs)), deliveries.c.status == "queued",
+               deliveries.c.org_id == org_id)
+        .cte("queued").prefix_with("MATERIALIZED")
+    )
+    waiting = func.count().label("waiting")
+    since = func.min(queued.c.created_at).label("since")
+    groups = (
+        select(queued.c.webhook_config_id, queued.c.conversation_id, waiting, since)
+        .group_by(queued.c.webhook_config_id, queued.c.conversation_id)
+    )
+    rows = (await conn.execute(
+        groups.order_by(since, queued.c.webhook_config_id, queued.c.conversation_id).limit(limit))).all()
+    if not rows:
+        return HeldBack([], 0, 0)
+    if len(rows) < limit:
+        total_conversations, total_waiting = len(rows), sum(row.waiting for row in rows)
+    else:  # more than are shown: count them all
+        counted = groups.subquery()
+        total_conversations, total_waiting = (await conn.execute(
+            select(func.count(), func.coalesce(func.sum(counted.c.waiting), 0)).select_from(counted))).one()
+    heads = await conversation_heads(conn, org_id, [(row.webhook_config_id, row.conversation_id) for row in rows])
+    return HeldBack(
+        [HeldBackConversation(configs[row.webhook_config_id], row.conversation_id, row.waiting, row.since,
+                              heads.get((row.webhook_config_id, row.conversation_id)))
+         for row in rows],
+        int(total_conversations), int(total_waiting),
+    )
