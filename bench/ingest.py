@@ -257,7 +257,8 @@ def measure(role: str, db_url: str, setup, *, duration: float, concurrency: int)
     server = Server(role, db_url)
     try:
         # A short warm-up, so that imports and first connections are not measured.
-        asyncio.run(load(server.url, key, channel_id, business_id, duration=1.0, concurrency=concurrency, run="warm"))
+        asyncio.run(load(server.url, key, channel_id, business_id, duration=min(1.0, duration),
+                         concurrency=concurrency, run="warm"))
         return asyncio.run(load(server.url, key, channel_id, business_id, duration=duration,
                                 concurrency=concurrency, run="run"))
     finally:
