@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -216,7 +217,7 @@ async def child_bare(urls: list[str], bodies: list[bytes], requests: int, concur
 
 
 async def child_dispatch(url: str, signer_key: str, *, concurrency: int, batch: int, duration: float | None,
-                         attempt_timeout: float) -> dict:
+                         attempt_timeout: float, transport: str) -> dict:
     from tidings.contract.signing import Signer, load_private_key
     from tidings.platform.dispatcher import Dispatcher
     from tidings.platform.settings import DeliverySettings
@@ -225,7 +226,8 @@ async def child_dispatch(url: str, signer_key: str, *, concurrency: int, batch: 
     engine = create_engine(url)
     settings = DeliverySettings(allow_private_targets=True, allow_http=True, batch_size=batch,
                                 attempt_timeout=attempt_timeout)
-    dispatcher = Dispatcher(engine, Signer(load_private_key(signer_key)), settings, concurrency=concurrency)
+    dispatcher = Dispatcher(engine, Signer(load_private_key(signer_key)), settings, concurrency=concurrency,
+                            transport_kind=transport)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -260,6 +262,7 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--duration", type=float)
     parser.add_argument("--attempt-timeout", type=float, default=10.0)
+    parser.add_argument("--transport", default="lean")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -274,7 +277,8 @@ def child_main(argv: list[str]) -> None:
         result = run(child_bare(args.urls.split(","), bodies, args.requests, args.concurrency, args.per_endpoint))
     else:
         result = run(child_dispatch(args.db, args.key, concurrency=args.concurrency, batch=args.batch,
-                                    duration=args.duration, attempt_timeout=args.attempt_timeout))
+                                    duration=args.duration, attempt_timeout=args.attempt_timeout,
+                                    transport=args.transport))
     print(json.dumps(result), flush=True)
 
 
@@ -301,7 +305,8 @@ def dispatcher_run(args, urls: list[str], key: str, scratch: Path, sink: Sink, *
                 return sum(counts.get(path, 0) - goal[path] for path in healthy_paths) >= expected
 
         child = ["dispatch", "--db", database.url, "--key", key, "--concurrency", str(args.concurrency),
-                 "--batch", str(args.batch), "--attempt-timeout", str(args.attempt_timeout)]
+                 "--batch", str(args.batch), "--attempt-timeout", str(args.attempt_timeout),
+                 "--transport", args.transport]
         if args.duration:
             child += ["--duration", str(args.duration)]
         result = run_child(child, stop_when=stop_when, poll=0.2)
@@ -324,6 +329,8 @@ def main() -> None:
     parser.add_argument("--attempt-timeout", type=float, default=10.0)
     parser.add_argument("--duration", type=float, help="stop the dispatcher after this many seconds")
     parser.add_argument("--isolation", action="store_true", help="compare with one endpoint never answering")
+    parser.add_argument("--transport", choices=["lean", "aiohttp"], default="lean",
+                        help="the dispatcher's HTTP transport (the baseline is always bare aiohttp)")
     args = parser.parse_args()
 
     from tidings.contract.signing import generate_private_key, private_key_whsk
@@ -336,6 +343,11 @@ def main() -> None:
         else:
             report = throughput(args, key, scratch)
     print(json.dumps(report))
+
+
+def _load_average() -> list[float]:
+    """The machine's load average (1, 5, 15 minutes) at the end of the run: how shared the cores were."""
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 def throughput(args, key: str, scratch: Path) -> dict:
@@ -354,7 +366,10 @@ def throughput(args, key: str, scratch: Path) -> dict:
             "pending": args.pending, "endpoints": args.endpoints, "delivered": result["delivered"],
             "seconds": round(result["seconds"], 2), "peak_rss_mb": round(result["peak_rss_mb"], 1),
             "handed_back": result["handed_back"], "concurrency": args.concurrency, "batch": args.batch,
-            "duration_limit": args.duration}
+            "duration_limit": args.duration, "transport": args.transport,
+            "cpu_us_per_delivery": round(result["cpu_share"] * result["seconds"] / max(1, result["attempts"]) * 1e6, 1),
+            "baseline_cpu_us_per_request": round(bare["cpu_share"] * bare["seconds"] / bare["requests"] * 1e6, 1),
+            "load_average": _load_average()}
 
 
 def isolation(args, key: str, scratch: Path) -> dict:
@@ -376,7 +391,8 @@ def isolation(args, key: str, scratch: Path) -> dict:
     isolated, normal = rates["one never answering"], rates["all answering"]
     return {"bench": "dispatch-isolation", "store": store, "rate": round(isolated, 1),
             "baseline_rate": round(normal, 1), "ratio": round(isolated / normal, 3), "pending": args.pending,
-            "endpoints": args.endpoints, "dead_endpoint": f"/hook/{dead}", "attempt_timeout": args.attempt_timeout}
+            "endpoints": args.endpoints, "dead_endpoint": f"/hook/{dead}", "attempt_timeout": args.attempt_timeout,
+            "transport": args.transport, "load_average": _load_average()}
 
 
 if __name__ == "__main__":

@@ -588,3 +588,20 @@ def test_signing_is_deterministic_for_ed25519_and_keyed_for_hmac(seed_example_by
     assert signed(seed_example_bytes) == signed(seed_example_bytes)
     other_v1 = entries(signed(seed_example_bytes, secrets=(OTHER_SECRET,)))["v1"]
     assert entries(signed(seed_example_bytes))["v1"] != other_v1
+
+
+def test_standard_signature_is_the_webhook_signature_of_sign_and_verifies_on_its_own(seed_example_bytes):
+    signer = Signer(KEY)
+    value = signer.standard_signature("msg_9", NOW + 5, seed_example_bytes, [SECRET, OTHER_SECRET])
+    headers = signer.sign(seed_example_bytes, msg_id="msg_9", timestamp=NOW + 5, secrets=(SECRET, OTHER_SECRET))
+    assert value == headers["webhook-signature"]
+    standard = {"webhook-id": "msg_9", "webhook-timestamp": str(NOW + 5), "webhook-signature": value}
+    assert keys_only().verify(seed_example_bytes, standard, now=NOW + 5) == "v1a"
+    assert secrets_only(OTHER_SECRET).verify(seed_example_bytes, standard, now=NOW + 5) == "v1"
+    now = int(time.time())
+    current = {"webhook-id": "msg_9", "webhook-timestamp": str(now),
+               "webhook-signature": signer.standard_signature("msg_9", now, seed_example_bytes, [SECRET])}
+    assert Webhook(SECRET).verify(seed_example_bytes, current) == json.loads(seed_example_bytes)
+    # Another timestamp is another signature: v1a covers the id and the timestamp.
+    assert signer.standard_signature("msg_9", NOW + 6, seed_example_bytes) != value.split(" ")[0]
+    assert [entry.split(",")[0] for entry in signer.standard_signature("msg_9", NOW, b"{}").split(" ")] == ["v1a"]

@@ -362,18 +362,27 @@ class Signer:
             timestamp = int(time.time())
         elif isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
             raise ValueError(f"a timestamp is a non-negative number of Unix seconds, not {timestamp!r}")
-        stamp = str(timestamp)
-        content = _signed_content(msg_id, stamp, body)
+        return {
+            self.vendor_header: self.vendor_signature(body),
+            ID_HEADER: msg_id,
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: self.standard_signature(msg_id, timestamp, body, secrets),
+        }
+
+    def standard_signature(self, msg_id: str, timestamp: int, body: bytes, secrets: Sequence[str] = ()) -> str:
+        """The ``webhook-signature`` value alone: ``v1a,<Ed25519>`` then one
+        ``v1,<HMAC-SHA256>`` per secret, over ``f"{msg_id}.{timestamp}." + body``.
+
+        For a sender that stored the vendor signature once and signs each
+        attempt with that attempt's timestamp; ``sign`` gives every header.
+        The arguments are not checked here (``sign`` checks them).
+        """
+        content = _signed_content(msg_id, str(timestamp), body)
         signatures = [f"{V1A},{_b64encode(self.private_key.sign(content))}"]
         signatures += [
             f"{V1},{_b64encode(hmac.digest(secret_bytes(secret), content, 'sha256'))}" for secret in secrets
         ]
-        return {
-            self.vendor_header: self.vendor_signature(body),
-            ID_HEADER: msg_id,
-            TIMESTAMP_HEADER: stamp,
-            SIGNATURE_HEADER: " ".join(signatures),
-        }
+        return " ".join(signatures)
 
 
 # ---------------------------------------------------------------- verifying

@@ -22,30 +22,31 @@ cost against the bare client.
 from __future__ import annotations
 
 import asyncio
-import binascii
-import hmac
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import aiohttp
 from yarl import URL
 
-from tidings.contract.signing import (
-    ID_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    V1,
-    V1A,
-    Signer,
-    _signed_content,  # the signed content's format has one definition, in the contract
-    secret_bytes,
-)
+from tidings.contract.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Signer
 from tidings.platform.retry import ErrorKind
 from tidings.platform.targets import GuardedResolver, RefusedAddress, TargetPolicy, TargetRefused, check_target_url
 
-__all__ = ["AiohttpTransport", "Answer", "Transport", "request_headers", "standard_signature"]
+__all__ = [
+    "DEFAULT_TRANSPORT",
+    "TRANSPORTS",
+    "AiohttpTransport",
+    "Answer",
+    "Outgoing",
+    "Transport",
+    "new_transport",
+    "request_headers",
+    "sequence_header",
+    "sign_and_post",
+    "standard_signature",
+]
 
 EXCERPT_CHARACTERS = 1000
 USER_AGENT = "tidings-webhooks/0.1"
@@ -71,32 +72,55 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def _b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
 def standard_signature(signer: Signer, msg_id: str, timestamp: int, body: bytes, secrets: Sequence[str]) -> str:
     """The ``webhook-signature`` value: ``v1a`` (Ed25519) then one ``v1`` (HMAC) per live secret."""
-    content = _signed_content(msg_id, str(timestamp), body)
-    parts = [f"{V1A},{_b64(signer.private_key.sign(content))}"]
-    parts += [f"{V1},{_b64(hmac.digest(secret_bytes(secret), content, 'sha256'))}" for secret in secrets]
-    return " ".join(parts)
+    return signer.standard_signature(msg_id, timestamp, body, secrets)
+
+
+def sequence_header(signer: Signer) -> str:
+    """The header that carries a delivery's place in its conversation: ``X-Tidings-Sequence``
+    with the default vendor prefix."""
+    return f"{signer.vendor_prefix}-Sequence"
 
 
 def request_headers(signer: Signer, *, body: bytes, webhook_id: str, vendor_signature: str,
                     secrets: Sequence[str], custom_headers: Mapping[str, str] | None, timestamp: int,
-                    extra: Mapping[str, str] | None = None) -> dict[str, str]:
+                    extra: Mapping[str, str] | None = None, sequence: int | None = None) -> dict[str, str]:
     """Every header of one attempt. The configuration's custom headers come
-    first, so that none of them can replace a signature header."""
-    headers = dict(custom_headers or {})
+    first, so that none of them can replace a signature header (or the
+    sequence header, sent when the delivery has a ``sequence``)."""
+    headers = dict(custom_headers) if custom_headers else {}
     if extra:
         headers.update(extra)
     headers["Content-Type"] = "application/json"
     headers[signer.vendor_header] = vendor_signature
     headers[ID_HEADER] = webhook_id
     headers[TIMESTAMP_HEADER] = str(timestamp)
-    headers[SIGNATURE_HEADER] = standard_signature(signer, webhook_id, timestamp, body, secrets)
+    headers[SIGNATURE_HEADER] = signer.standard_signature(webhook_id, timestamp, body, secrets)
+    if sequence is not None:
+        headers[sequence_header(signer)] = str(sequence)
     return headers
+
+
+class Outgoing(NamedTuple):
+    """What one attempt sends, before it is signed (a tuple: it crosses to sender processes)."""
+
+    url: str
+    body: bytes
+    webhook_id: str
+    vendor_signature: str
+    secrets: Sequence[str]
+    custom_headers: Mapping[str, str] | None
+    sequence: int | None = None
+
+
+async def sign_and_post(signer: Signer, transport: Transport, outgoing: Outgoing) -> tuple[dict[str, str], Answer]:
+    """One attempt: its headers, signed with this moment's timestamp, and how the request went."""
+    headers = request_headers(signer, body=outgoing.body, webhook_id=outgoing.webhook_id,
+                              vendor_signature=outgoing.vendor_signature, secrets=outgoing.secrets,
+                              custom_headers=outgoing.custom_headers, timestamp=int(time.time()),
+                              sequence=outgoing.sequence)
+    return headers, await transport.post(outgoing.url, outgoing.body, headers)
 
 
 def _excerpt(data: bytes) -> str | None:
@@ -178,3 +202,21 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+TRANSPORTS = ("lean", "aiohttp")
+DEFAULT_TRANSPORT = "lean"
+
+
+def new_transport(kind: str, policy: TargetPolicy, *, attempt_timeout: float, concurrency: int,
+                  per_endpoint: int) -> Transport:
+    """The transport named ``kind``: ``lean`` (``LeanTransport``) or ``aiohttp`` (``AiohttpTransport``)."""
+    if kind == "lean":
+        from tidings.platform.lean_transport import LeanTransport  # it imports this module
+
+        return LeanTransport(policy, attempt_timeout=attempt_timeout, concurrency=concurrency,
+                             per_endpoint=per_endpoint)
+    if kind == "aiohttp":
+        return AiohttpTransport(policy, attempt_timeout=attempt_timeout, concurrency=concurrency,
+                                per_endpoint=per_endpoint)
+    raise ValueError(f"no transport {kind!r}; one of {', '.join(TRANSPORTS)}")

@@ -1,0 +1,75 @@
+"""The dispatcher over each of its transports (``lean``, the default, and
+``aiohttp``): the same bytes, signatures and headers reach a real endpoint,
+the sequence header goes with deliveries that have a place in their
+conversation, and the choice of transport is checked."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.dispatcher_support import (
+    add_configuration,
+    add_events,
+    add_organization,
+    attempt_rows,
+    database,
+    delivery_rows,
+    fast_settings,
+    new_signer,
+    scripted_endpoint,
+)
+from tidings.contract.signing import Verifier, generate_secret
+from tidings.platform.dispatcher import Dispatcher
+from tidings.platform.sender import DEFAULT_TRANSPORT, TRANSPORTS, sequence_header
+from tidings.store.platform_tables import deliveries, events
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+async def test_each_transport_delivers_signed_bytes_with_the_sequence_header_when_there_is_one(db_url, kind):
+    signer = new_signer()
+    secret = generate_secret()
+    async with scripted_endpoint(hook=[503, 200]) as endpoint, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, endpoint.url("/hook"), secret=secret,
+                                custom_headers={"X-Tidings-Sequence": "forged", "X-Shop": "1"})
+        first, second = await add_events(engine, signer, org_id, 2)
+        async with engine.begin() as conn:
+            await conn.execute(update(deliveries).where(deliveries.c.event_id == first).values(sequence=7))
+            await conn.execute(update(deliveries).where(deliveries.c.event_id == second).values(sequence=None))
+        dispatcher = Dispatcher(engine, signer, fast_settings(), transport_kind=kind)
+        await asyncio.wait_for(dispatcher.run_until_idle(), 30)
+
+        rows = {row.event_id: row for row in await delivery_rows(engine)}
+        assert {row.status for row in rows.values()} == {"delivered"}
+        async with engine.connect() as conn:
+            bodies = dict((await conn.execute(select(events.c.id, events.c.body))).all())
+        by_id = {rows[event].webhook_id: event for event in (first, second)}
+        requests = endpoint.on("/hook")
+        assert len(requests) == 3  # the first answer is 503: one delivery is sent twice
+        for request in requests:
+            event = by_id[request.headers["webhook-id"]]
+            assert request.body == bodies[event]
+            assert request.headers["X-Tidings-Signature-v1"] == rows[event].signature
+            assert request.headers["X-Shop"] == "1"
+            assert Verifier(public_keys=[signer.private_key.public_key()]).verify(request.body, request.headers)
+            assert Verifier(secrets=[secret]).verify(request.body, request.headers) == "v1"
+            expected = "7" if event == first else "forged"  # a custom header cannot pose as the sequence
+            assert request.headers[sequence_header(signer)] == expected
+        for attempt in await attempt_rows(engine):
+            sent = attempt.request_headers.get("X-Tidings-Sequence")
+            assert sent == ("7" if attempt.delivery_id == rows[first].id else "forged")
+
+
+async def test_an_unknown_transport_is_refused_at_once(sqlite_url, monkeypatch):
+    async with database(sqlite_url) as engine:
+        with pytest.raises(ValueError, match="no transport 'curl'"):
+            Dispatcher(engine, new_signer(), fast_settings(), transport_kind="curl")
+        monkeypatch.setenv("TIDINGS_TRANSPORT", "aiohttp")
+        assert Dispatcher(engine, new_signer(), fast_settings()).transport_kind == "aiohttp"
+        monkeypatch.delenv("TIDINGS_TRANSPORT")
+        assert Dispatcher(engine, new_signer(), fast_settings()).transport_kind == DEFAULT_TRANSPORT == "lean"
