@@ -1,5 +1,6 @@
-"""Conversations and messages: ingestion from custom channels, business
-users' replies, status changes, and the contract events each one emits.
+"""Conversations and messages: business users' replies, status changes, the
+simulated partners' inbound messages, and the contract events each one emits
+(ingestion from custom channels is in ``tidings.platform.ingestion``).
 
 Every write here runs in the caller's transaction and records its event
 there too (``tidings.platform.outbox.record_event``), so a change and its
