@@ -15,7 +15,8 @@ process, each on a fresh database:
   contract's pydantic models, insert it into SQLite and commit, one event at
   a time (the ``baseline_rate``);
 - ``receiver``: ``tidings receive``, the service as users run it (group
-  commit, inbox projection and handler runner following the log).
+  commit, inbox projection and handler runner following the log), with
+  ``--workers`` processes (2 by default, one per core).
 
 Throughput: many connections post as fast as answers come back, for
 ``--duration`` seconds; the rate counts 200 answers only, and for the
@@ -28,7 +29,9 @@ says which client ran).
 Latency: the receiver, restarted on a fresh database, gets events at a fixed
 rate (``--latency-rate``, 2,000/s) from an open-loop client: each request
 is due at its own time, and its latency runs from that time to the answer's
-last byte, so a server that falls behind is charged for the wait.
+last byte, so a server that falls behind is charged for the wait. The bare
+app gets the same schedule (``bare_p99_ms``): the floor that the machine, the
+client and the loopback impose, whatever the server does.
 
 The last line printed is one JSON object:
 ``{"bench", "store", "rate", "baseline_rate", "ratio", "bare_rate", "p99_ms", ...}``.
@@ -421,6 +424,7 @@ def main() -> None:
     store = "postgresql" if args.db and args.db.startswith("postgres") else "sqlite"
     latency_count = int(args.latency_rate * args.latency_seconds)
     count = args.events or int(14_000 * args.duration) + latency_count
+    load_at_start = os.getloadavg()[0]
     print(f"signing {count} distinct events ...", file=sys.stderr, flush=True)
     public_pem, signed = sign_requests(count)
     throughput_requests, latency_requests = signed[:-latency_count], signed[-latency_count:]
@@ -446,6 +450,9 @@ def main() -> None:
                              "--key-file", str(key_file)], port)
             try:
                 ok, other, seconds = throughput(port)
+                if kind == "bare":  # the machine's own latency floor at the same rate, for context
+                    bare_latency_raw = [raw_request("/webhook", body, headers) for body, headers in latency_requests]
+                    bare_latencies, _ = asyncio.run(open_loop(port, bare_latency_raw, args.latency_rate, 64))
             finally:
                 server.stop()
             results[kind] = {"rate": ok / seconds, "ok": ok, "other": other}
@@ -484,6 +491,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
+    bare_p99 = round(percentile(bare_latencies, 0.99) * 1e3, 2) if not args.only_receiver else None
     receiver = results["receiver"]
     plain = results.get("plain", {"rate": 0})
     bare = results.get("bare", {"rate": 0})
@@ -496,6 +504,7 @@ def main() -> None:
         "bare_rate": round(bare["rate"]),
         "p99_ms": round(p99, 2),
         "p50_ms": round(p50, 2),
+        "bare_p99_ms": bare_p99,
         "latency_rate": args.latency_rate,
         "latency_answers": {str(k): v for k, v in statuses.items()},
         "acknowledged": receiver["ok"],
@@ -508,6 +517,7 @@ def main() -> None:
         "duration_s": args.duration,
         "client": client,
         "cpus": os.cpu_count(),
+        "loadavg_1m": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],  # other work on the machine, start and end
     }
     print(json.dumps(summary))
 

@@ -46,6 +46,12 @@ CONFIG_ENV = "TIDINGS_RECEIVER_CONFIG"
 # the load eases. Measured: unpaced, projection halved the acknowledgement rate.
 BUSY_PAUSE = 0.1
 BUSY_BATCH = 100
+PROJECTION_BATCH = 100
+# A follower behind the log sleeps this many times as long as its last batch
+# took: at most a quarter of a core while it catches up.
+BEHIND_PAUSE_FACTOR = 3.0
+FOLLOWER_POLL = 0.2  # the follower sees no commits of its own: it looks at the log this often
+WORKER_LEASE_GRACE = 5.0  # request workers leave the lease to the follower, unless it is gone
 
 
 @dataclass
@@ -70,6 +76,7 @@ class ReceiverConfig:
     poll_interval: float = 0.5
     workers: int = 1
     verify_threads: int = 1  # per worker; 0 verifies in the event loop itself
+    lease_grace: float = 0.0  # seconds before this process first tries for the background lease
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -119,7 +126,10 @@ class ReceiverService:
         self.handlers = config.handlers()
         if handlers is not None:
             self.handlers.extend(handlers)
-        self.projector = InboxProjector(self.log)
+        # Small batches: the projection's write transaction holds the database's
+        # writers up while it runs (measured: 500-event batches from the follower
+        # put the acknowledgement p99 at 2,000/s above 100 ms).
+        self.projector = InboxProjector(self.log, batch_size=PROJECTION_BATCH)
         self.runner = HandlerRunner(
             self.log, self.handlers, self._write, backoff_base=config.backoff_base, backoff_cap=config.backoff_cap
         )
@@ -155,38 +165,65 @@ class ReceiverService:
             self.lease.release()
             self.log.dispose()
 
+    async def follow(self) -> None:
+        """Only the background work, forever: the follower process of ``run_service``."""
+        gc.freeze()
+        self._wake = asyncio.Event()  # nothing commits here: the log is polled
+        try:
+            await self._follow_log()
+        finally:
+            await asyncio.to_thread(self.receiver.close)
+            self.lease.release()
+            self.log.dispose()
+
     async def _follow_log(self) -> None:
         """Project the inbox and run the handlers, forever, in the lease holder only."""
+        await asyncio.sleep(self.config.lease_grace)
         while True:
             try:
                 if not self.lease.held and not await asyncio.to_thread(self.lease.try_acquire):
                     await asyncio.sleep(2.0)
                     continue
-                work = await self.step()
+                started = time.monotonic()
+                projected, runs = await self._step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("background work failed; trying again shortly")
                 await asyncio.sleep(1.0)
                 continue
-            if work:
+            if projected or runs:
                 if self.busy():
-                    # Requests are coming in: their commits go first, the inbox may lag a little.
+                    # Requests are coming in here: their commits go first, the inbox may lag a little.
                     await asyncio.sleep(BUSY_PAUSE)
+                elif projected >= self.projector.batch_size:
+                    # Behind the log: catch up with a share of one core, not all of it.
+                    await asyncio.sleep((time.monotonic() - started) * BEHIND_PAUSE_FACTOR)
                 continue
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
 
     def busy(self) -> bool:
-        """Whether requests were committed a moment ago."""
+        """Whether requests were committed in this process a moment ago."""
         return time.monotonic() - self.receiver.committer.last_commit_at < BUSY_PAUSE
 
     async def step(self) -> int:
         """One round of background work: a batch of projection, then the handlers' due work."""
+        projected, runs = await self._step()
+        return projected + runs
+
+    async def _step(self) -> tuple[int, int]:
         batch = BUSY_BATCH if self.busy() else None
         projected = await asyncio.to_thread(self.projector.step, batch)
-        return projected + await self.runner.step()
+        return projected, await self.runner.step()
+
+
+def follow_forever(config: ReceiverConfig, handlers: Handlers | None = None) -> None:
+    """The follower process: takes the background lease first, so the workers only serve requests."""
+    _die_with_parent()
+    polling = dataclasses.replace(config, poll_interval=min(config.poll_interval, FOLLOWER_POLL), lease_grace=0.0)
+    asyncio.run(ReceiverService(polling, handlers).follow())
 
 
 def create_app():
@@ -215,16 +252,38 @@ def _http_protocol() -> str:
 
 
 def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 8000, handlers: Handlers | None = None) -> None:
-    """Serve until interrupted. uvloop and httptools are used when installed (uvicorn[standard])."""
+    """Serve until interrupted: a follower process for the background work, then uvicorn.
+
+    The projection and the handlers run in a process of their own, the
+    follower, which holds the background lease; request workers take the
+    lease over only if the follower dies. Measured (bench/receive.py, latency
+    at 2,000 events/s): projection inside a request worker shared its GIL and
+    raised the acknowledgement p99 (38.6 against 19.8 ms, 18.4 against 15.4 ms
+    in two A/B pairs without it). uvloop and httptools are used when installed.
+    """
+    import multiprocessing
+
     import uvicorn
 
+    log = EventLog(config.db_url)
+    log.create_schema()  # once, before any process that might race to create the tables
+    log.dispose()  # no connection may cross the fork below
+    follower = multiprocessing.get_context("fork").Process(
+        target=follow_forever, args=(config, handlers), name="tidings-receiver-follower", daemon=True
+    )
+    follower.start()
+    config = dataclasses.replace(config, lease_grace=max(config.lease_grace, WORKER_LEASE_GRACE))
     # No proxy-header rewriting and no Server header: less work per request on the hot path.
     options = dict(host=host, port=port, loop="auto", http=_http_protocol(), access_log=False, log_level="warning",
                    proxy_headers=False, server_header=False)
-    if config.workers <= 1:
-        uvicorn.run(ReceiverService(config, handlers).app, **options)
-        return
-    if handlers is not None:
-        raise ValueError("handlers given as objects need workers=1; name them as module:function instead")
-    os.environ[CONFIG_ENV] = config.to_json()
-    uvicorn.run("tidings.receiver.service:create_app", factory=True, workers=config.workers, **options)
+    try:
+        if config.workers <= 1:
+            uvicorn.run(ReceiverService(config, handlers).app, **options)
+            return
+        if handlers is not None:
+            raise ValueError("handlers given as objects need workers=1; name them as module:function instead")
+        os.environ[CONFIG_ENV] = config.to_json()
+        uvicorn.run("tidings.receiver.service:create_app", factory=True, workers=config.workers, **options)
+    finally:
+        follower.terminate()
+        follower.join(10)
