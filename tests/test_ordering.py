@@ -1,0 +1,246 @@
+"""Ordered delivery per conversation: each conversation's events arrive in
+sequence order, one at a time, while other conversations go on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from sqlalchemy import func, select, update
+
+from tests.dispatcher_support import add_configuration, add_organization, database, fast_settings, new_signer
+from tidings.contract.samples import SampleFactory
+from tidings.contract.signing import private_key_whsk
+from tidings.platform import delivery_store as store
+from tidings.platform.dispatcher import Dispatcher
+from tidings.platform.outbox import initial_status, record_event
+from tidings.store.platform_tables import deliveries, webhook_configs
+
+pytestmark = pytest.mark.timeout(240)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class OrderedEndpoint:
+    """Answers 500 to a share of first attempts, at random; records, per
+    conversation, the sequence numbers it accepted, in arrival order, and
+    whether two requests of one conversation were ever in flight at once."""
+
+    def __init__(self, first_failure_share: float = 1 / 3, seed: int = 7, fail_conversations=()) -> None:
+        self.random = random.Random(seed)
+        self.first_failure_share = first_failure_share
+        self.fail_conversations = set(fail_conversations)
+        self.accepted: defaultdict[int, list[int]] = defaultdict(list)
+        self.seen_ids: set[str] = set()
+        self.in_flight: defaultdict[int, int] = defaultdict(int)
+        self.overlaps = 0
+        self.requests = 0
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests += 1
+        conversation = orjson.loads(body)["payload"]["conversation"]["id"]
+        sequence = int(request.headers["X-Tidings-Sequence"])
+        self.in_flight[conversation] += 1
+        if self.in_flight[conversation] > 1:
+            self.overlaps += 1
+        try:
+            await asyncio.sleep(self.random.random() * 0.003)
+            first = request.headers["webhook-id"] not in self.seen_ids
+            self.seen_ids.add(request.headers["webhook-id"])
+            if conversation in self.fail_conversations or (first and self.random.random() < self.first_failure_share):
+                return web.Response(status=500, text="try again")
+            self.accepted[conversation].append(sequence)
+            return web.Response(status=200, text="ok")
+        finally:
+            self.in_flight[conversation] -= 1
+
+    @contextlib.asynccontextmanager
+    async def serving(self):
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        try:
+            yield f"http://127.0.0.1:{self.port}/hook"
+        finally:
+            await runner.cleanup()
+
+
+async def add_conversation_events(engine, signer, org_id: int, count: int, conversations: int, seed: int = 3) -> None:
+    """``count`` events spread at random over ``conversations`` conversations."""
+    factory = SampleFactory(seed)
+    pick = random.Random(seed)
+    async with engine.begin() as conn:
+        for _ in range(count):
+            conversation_id = 10_000 + pick.randrange(conversations)
+            event = factory.message_created(org_id=org_id, conversation={"id": conversation_id})
+            await record_event(conn, org_id=org_id, event=event, signer=signer)
+
+
+async def status_counts(engine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return dict((await conn.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status))).all())
+
+
+def start_worker(db_url: str, key: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidings.cli.worker", "--db", db_url, "--signing-key", key, "--allow-private-targets",
+         "--allow-http", "--no-migrate", "--retry-base", "0.05", "--retry-factor", "1.5", "--max-retries", "20",
+         "--heartbeat-interval", "0.2", "--stale-after", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+async def test_every_conversation_arrives_in_sequence_order_without_gaps(db_url):
+    # Three workers share a PostgreSQL; a SQLite file takes one.
+    workers = 3 if db_url.startswith("postgresql") else 1
+    signer = new_signer()
+    endpoint = OrderedEndpoint()
+    async with endpoint.serving() as url, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, url)
+        await add_conversation_events(engine, signer, org_id, 2_000, 50)
+        processes = [start_worker(db_url, private_key_whsk(signer.private_key)) for _ in range(workers)]
+        try:
+            deadline = time.monotonic() + 150
+            while (await status_counts(engine)).get("delivered", 0) < 2_000:
+                assert time.monotonic() < deadline, await status_counts(engine)
+                assert all(p.poll() is None for p in processes), [p.stderr.read()[-2000:] for p in processes]
+                await asyncio.sleep(0.3)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(20)
+        async with engine.connect() as conn:
+            expected = dict((await conn.execute(select(deliveries.c.conversation_id, func.max(deliveries.c.sequence))
+                                                .group_by(deliveries.c.conversation_id))).all())
+    assert len(expected) == 50 and sum(expected.values()) == 2_000
+    assert endpoint.requests > 2_000 + 400  # about a third of first attempts were refused
+    for conversation, last in expected.items():
+        assert endpoint.accepted[conversation] == list(range(1, last + 1)), conversation
+    assert endpoint.overlaps == 0
+
+
+@contextlib.asynccontextmanager
+async def dispatching(engine, signer):
+    stop = asyncio.Event()
+    dispatcher = Dispatcher(engine, signer, fast_settings(retry_base=0.05, retry_factor=1.0, max_retries=1000),
+                            poll_interval=0.05)
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def rows_when(engine, condition, timeout: float = 90.0) -> list:
+    """The deliveries once ``condition(rows)`` holds (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(deliveries.c.conversation_id, deliveries.c.sequence,
+                                              deliveries.c.status, deliveries.c.attempt_count))).all()
+        if condition(rows):
+            return rows
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_stuck_conversation_holds_back_only_its_own_events(db_url):
+    signer = new_signer()
+    stuck = 10_000
+    endpoint = OrderedEndpoint(first_failure_share=0.0, fail_conversations={stuck})
+    async with endpoint.serving() as url, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, url)
+        await add_conversation_events(engine, signer, org_id, 200, 5)
+        async with dispatching(engine, signer):
+            rows = await rows_when(engine, lambda rows: all(
+                r.status == "delivered" for r in rows if r.conversation_id != stuck) and any(
+                r.conversation_id == stuck and r.attempt_count > 3 for r in rows))
+        mine = sorted((r for r in rows if r.conversation_id == stuck), key=lambda r: r.sequence)
+        assert len(mine) > 1 and len(rows) - len(mine) > 100  # the others were all delivered meanwhile
+        assert mine[0].status in ("pending", "delivering") and mine[0].attempt_count > 3  # retried, still failing
+        assert all(r.status == "queued" and r.attempt_count == 0 for r in mine[1:])  # never sent
+
+        endpoint.fail_conversations.clear()  # the endpoint recovers: the rest follows, in order
+        async with dispatching(engine, signer):
+            await rows_when(engine, lambda rows: all(r.status == "delivered" for r in rows))
+        assert endpoint.accepted[stuck] == list(range(1, len(mine) + 1))
+        assert endpoint.overlaps == 0
+
+
+async def test_without_ordering_a_failing_event_does_not_hold_back_the_next(db_url):
+    signer = new_signer()
+    stuck = 10_000
+    endpoint = OrderedEndpoint(first_failure_share=0.0, fail_conversations={stuck})
+    async with endpoint.serving() as url, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        config_id = await add_configuration(engine, org_id, url)
+        async with engine.begin() as conn:
+            await conn.execute(update(webhook_configs).where(webhook_configs.c.id == config_id).values(ordering="none"))
+        await add_conversation_events(engine, signer, org_id, 60, 3)
+        assert set(await status_counts(engine)) == {"pending"}  # nothing waits
+        async with dispatching(engine, signer):
+            rows = await rows_when(engine, lambda rows: all(
+                r.status == "delivered" for r in rows if r.conversation_id != stuck) and all(
+                r.attempt_count > 1 for r in rows if r.conversation_id == stuck))
+        stuck_rows = [r for r in rows if r.conversation_id == stuck]
+        # every event of the failing conversation was tried, none waited for another
+        assert stuck_rows and all(r.status in ("pending", "delivering") and r.attempt_count > 1 for r in stuck_rows)
+
+
+@pytest.mark.parametrize("ordered, paused, waits, expected", [
+    (True, False, False, "pending"), (True, False, True, "queued"), (True, True, False, "held"),
+    (True, True, True, "queued"), (False, False, True, "pending"), (False, True, True, "held"),
+])
+def test_initial_status(ordered, paused, waits, expected):
+    assert initial_status(ordered=ordered, paused=paused, waits_behind_another=waits) == expected
+
+
+async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
+    signer = new_signer()
+    async with database(sqlite_url) as engine:
+        org_id = await add_organization(engine)
+        config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
+        await add_conversation_events(engine, signer, org_id, 4, 1)
+        async with engine.begin() as conn:
+            ids = (await conn.execute(select(deliveries.c.id).order_by(deliveries.c.sequence))).scalars().all()
+            assert [r for r in (await conn.execute(select(deliveries.c.status).order_by(deliveries.c.sequence))
+                                ).scalars()] == ["pending", "queued", "queued", "queued"]
+            # the first two finished (one failed), the third is now the head
+            await conn.execute(update(deliveries).where(deliveries.c.id == ids[0]).values(status="failed"))
+            await conn.execute(update(deliveries).where(deliveries.c.id == ids[1]).values(status="delivered"))
+            await conn.execute(update(deliveries).where(deliveries.c.id == ids[2]).values(status="pending"))
+            assert await store.resend(conn, delivery_id=ids[1], paused=False, now=time.time())
+            statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
+            assert statuses == {ids[0]: "failed", ids[1]: "queued", ids[2]: "pending", ids[3]: "queued"}
+            # the head finishes: the re-sent one (lower sequence) goes next, not the fourth
+            await conn.execute(update(deliveries).where(deliveries.c.id == ids[2]).values(status="delivered"))
+            await store.promote_next(conn, [ids[2]], now=time.time())
+            statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
+            assert statuses == {ids[0]: "failed", ids[1]: "pending", ids[2]: "delivered", ids[3]: "queued"}
+            # recovering the failed first one queues it behind the pending head
+            since = (await conn.execute(select(func.min(deliveries.c.created_at)))).scalar_one()
+            assert await store.recover(conn, config_id=config_id, since=since, paused=False, now=time.time()) == 1
+            statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
+            assert statuses[ids[0]] == "queued" and statuses[ids[1]] == "pending"
+            # ordering off: nothing waits any more
+            await store.ordering_changed(conn, config_id=config_id, ordering="none", now=time.time())
+            statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
+            assert "queued" not in statuses.values()
