@@ -73,3 +73,19 @@ async def test_an_unknown_transport_is_refused_at_once(sqlite_url, monkeypatch):
         assert Dispatcher(engine, new_signer(), fast_settings()).transport_kind == "aiohttp"
         monkeypatch.delenv("TIDINGS_TRANSPORT")
         assert Dispatcher(engine, new_signer(), fast_settings()).transport_kind == DEFAULT_TRANSPORT == "lean"
+
+
+async def test_run_until_idle_waits_for_a_retry_written_after_a_claim_found_nothing(db_url):
+    # The first attempt outlasts a poll: a claim in the meantime finds nothing due,
+    # and the timeout's retry is written after it. The run must not end there.
+    signer = new_signer()
+    async with scripted_endpoint(slow=[("hang", 1.0), 200]) as endpoint, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, endpoint.url("/slow"))
+        await add_events(engine, signer, org_id, 1)
+        dispatcher = Dispatcher(engine, signer, fast_settings(attempt_timeout=0.4), poll_interval=0.1)
+        await asyncio.wait_for(dispatcher.run_until_idle(), 30)
+        [delivery] = await delivery_rows(engine)
+        assert delivery.status == "delivered" and delivery.attempt_count == 2
+        assert [attempt.error.split(":")[0] if attempt.error else attempt.status_code
+                for attempt in await attempt_rows(engine)] == ["timeout", 200]

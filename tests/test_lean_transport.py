@@ -576,3 +576,35 @@ async def test_https_verifies_the_certificate_and_sends_the_name(tls):
             assert answer.status_code is None and answer.error_kind == "connection"
             assert "certificate" in answer.error.lower()
         assert len(seen.requests) == 3
+
+
+async def test_idle_connections_are_closed_by_the_sweep(monkeypatch):
+    monkeypatch.setattr(lean_transport, "IDLE_SECONDS", 0.1)
+    closed = asyncio.Event()
+
+    async def answer(reader, writer, seen):
+        await read_request(reader, seen)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        if await reader.read() == b"":  # the client closed its idle connection
+            closed.set()
+
+    async with raw_server(answer) as (_, port), lean() as transport:
+        assert (await transport.post(f"http://127.0.0.1:{port}/x", BODY, {})).status_code == 200
+        await asyncio.wait_for(closed.wait(), 2)
+
+
+async def test_bytes_that_answer_no_request_retire_the_connection():
+    async def answer(reader, writer, seen):
+        while await read_request(reader, seen) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")  # an answer to nothing
+
+    async with raw_server(answer) as (seen, port), lean() as transport:
+        for _ in range(2):
+            result = await transport.post(f"http://127.0.0.1:{port}/x", BODY, {})
+            assert (result.status_code, result.excerpt) == (200, "ok")
+            await asyncio.sleep(0.1)
+        assert len(seen.peers) == 2
