@@ -65,6 +65,24 @@ def _upsert(conn: Connection, table, rows: list[dict], key: str = "id") -> None:
     conn.execute(statement, rows)
 
 
+def prepared_upsert(table, rows: list[dict], paramstyle: str, key: str = "id") -> tuple[str, list[tuple]]:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` for ``rows``, the same SQL on both engines, JSON pre-encoded."""
+    if not rows:
+        return "", []
+    columns = list(rows[0])
+    placeholder = "?" if paramstyle == "qmark" else "%s"
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in columns if name != key)
+    )
+    encode = orjson.dumps
+    parameters = [
+        tuple(encode(row[name]).decode() if name == "snapshot" else row[name] for name in columns) for row in rows
+    ]
+    return statement, parameters
+
+
 # ---------------------------------------------------------------- projecting
 
 
@@ -91,13 +109,19 @@ class InboxProjector:
             if not events:
                 return 0
             messages, conversations = fold_events(events)
-            message_rows = merged_message_rows(conn, messages)
-            conversation_rows = merged_conversation_rows(conn, conversations)
+            paramstyle = conn.dialect.paramstyle
+            writes = [
+                prepared_upsert(receiver_inbox_messages, merged_message_rows(conn, messages), paramstyle),
+                prepared_upsert(receiver_inbox_conversations, merged_conversation_rows(conn, conversations), paramstyle),
+            ]
+        # Everything is encoded before the write transaction, which only runs two
+        # executemany: it holds the request writers up as briefly as it can.
         with self.log.transaction() as conn:
             if read_cursor(conn, INBOX_CURSOR) != position:
                 return 0  # someone else projected meanwhile; start again from their cursor
-            _upsert(conn, receiver_inbox_messages, message_rows)
-            _upsert(conn, receiver_inbox_conversations, conversation_rows)
+            for statement, parameters in writes:
+                if parameters:
+                    conn.exec_driver_sql(statement, parameters)
             write_cursor(conn, INBOX_CURSOR, events[-1].id)
         return len(events)
 
