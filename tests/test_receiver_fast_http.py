@@ -4,7 +4,6 @@ does, and keeps HTTP/1.1 right: keep-alive, pipelining, 100-continue, limits."""
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import pytest
 
 from tests.test_receiver_helpers import Keys
 from tidings.contract.signing import SignatureError, Verifier

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-
-import orjson
 
 from tidings.contract import ContentType, ConversationStatus, MessageStatus, MessagingPartner, SenderType
 from tidings.receiver.inbox_rules import MessageState, conversation_wins, merge_message, sortable_date

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import dataclasses
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -244,9 +245,7 @@ def _die_with_parent() -> None:
 
 def _http_protocol() -> str:
     """uvicorn's httptools protocol with the webhook fast path, or uvicorn's choice without httptools."""
-    try:
-        import tidings.receiver.fast_http  # noqa: F401  (needs httptools)
-    except ImportError:
+    if importlib.util.find_spec("httptools") is None:
         return "auto"
     return "tidings.receiver.fast_http:WebhookHttpProtocol"
 
