@@ -115,9 +115,16 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://").replace("postgresql+psycopg://", "postgresql://")
 
 
-def seed(url: str, urls: list[str], pending: int, signer_key: str) -> list[bytes]:
+def seed(url: str, urls: list[str], pending: int, signer_key: str, *, conversations: int = 0,
+         ordering: str = "none") -> list[bytes]:
     """One organization and configuration per endpoint, ``pending`` deliveries
-    spread over them in turn; returns the distinct bodies used."""
+    spread over them in turn; returns the distinct bodies used.
+
+    With ``conversations``, the deliveries belong to that many conversations
+    (each conversation to one endpoint) and are numbered in sequence within
+    each; with ``ordering="conversation"`` they are written as the outbox
+    writes them then: each conversation's first ``pending``, the rest ``queued``.
+    """
     from datetime import UTC, datetime
 
     from sqlalchemy import insert
@@ -146,8 +153,10 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str) -> list[bytes
                                   .returning(organizations.c.id)).scalar_one()
             config_ids.append(conn.execute(insert(webhook_configs).values(
                 org_id=org_id, url=target, event_type="message_created", custom_headers={"X-Bench": str(index)},
-                secret=generate_secret(), created_at=now, updated_at=now).returning(webhook_configs.c.id)).scalar_one())
+                secret=generate_secret(), ordering=ordering, created_at=now,
+                updated_at=now).returning(webhook_configs.c.id)).scalar_one())
             org_ids.append(org_id)
+    sequences: dict[int, int] = {}  # conversation -> last sequence
     chunk = 20_000
     for start in range(0, pending, chunk):
         count = min(chunk, pending - start)
@@ -159,9 +168,17 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str) -> list[bytes
                 body_index = number % len(bodies)
                 event_rows.append({"id": number, "org_id": org_ids[endpoint], "event_type": "message_created",
                                    "body": bodies[body_index], "created_at": now})
+                conversation = sequence = None
+                status = "pending"
+                if conversations:  # conversation c goes to endpoint c % len(urls), as number does
+                    conversation = number % conversations
+                    sequence = sequences[conversation] = sequences.get(conversation, 0) + 1
+                    if ordering == "conversation" and sequence > 1:
+                        status = "queued"
                 delivery_rows.append({"id": number, "event_id": number, "webhook_config_id": config_ids[endpoint],
                                       "org_id": org_ids[endpoint], "webhook_id": new_webhook_id(),
-                                      "signature": signatures[body_index], "status": "pending",
+                                      "signature": signatures[body_index], "status": status,
+                                      "conversation_id": conversation, "sequence": sequence,
                                       "attempt_count": 0, "next_attempt_at": due, "created_at": now})
             conn.execute(insert(events), event_rows)
             conn.execute(insert(deliveries), delivery_rows)
@@ -292,7 +309,8 @@ def dispatcher_run(args, urls: list[str], key: str, scratch: Path, sink: Sink, *
     try:
         before = sink.stats()["per_path"]
         seconds = time.perf_counter()
-        seed(database.url, urls, args.pending, key)
+        seed(database.url, urls, args.pending, key, conversations=getattr(args, "conversations", 0),
+             ordering=getattr(args, "ordering", "none"))
         print(f"seeded {args.pending:,} pending deliveries in {time.perf_counter() - seconds:.1f} s", file=sys.stderr)
         stop_when = None
         if healthy_paths is not None:

@@ -201,13 +201,14 @@ _apply_result = (
 )
 
 
-async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow]) -> None:
+async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow]) -> int:
     """Finish or reschedule deliveries after their attempts (one ``executemany``),
     each guarded by ``delivering`` and ``worker_id``, then promote the next
     delivery of each ordered conversation whose head finished. Call
-    ``still_held`` first, in the same transaction, and pass only the rows it returned."""
+    ``still_held`` first, in the same transaction, and pass only the rows it returned.
+    Returns how many deliveries were promoted (they are due now)."""
     if not rows:
-        return
+        return 0
     await conn.execute(_apply_result, [
         {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
          "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
@@ -217,7 +218,8 @@ async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence
     if finished:
         now = max(r.finished_at.timestamp() for r in finished if r.finished_at is not None) if any(
             r.finished_at is not None for r in finished) else 0.0
-        await promote_next(conn, [r.delivery_id for r in finished], now=now)
+        return await promote_next(conn, [r.delivery_id for r in finished], now=now)
+    return 0
 
 
 def _same_conversation(other):
@@ -244,7 +246,7 @@ _promote_head = (
 )
 
 
-async def promote_next(conn: AsyncConnection, finished_ids: Sequence[int], *, now: float) -> None:
+async def promote_next(conn: AsyncConnection, finished_ids: Sequence[int], *, now: float) -> int:
     """Promote: for each ordered conversation whose delivery in ``finished_ids``
     finished, the next ``queued`` one becomes ``pending``.
 
@@ -259,13 +261,14 @@ async def promote_next(conn: AsyncConnection, finished_ids: Sequence[int], *, no
         .where(deliveries.c.id.in_(list(finished_ids)), deliveries.c.conversation_id.is_not(None),
                webhook_configs.c.ordering == ORDERED)))})
     if not pairs:
-        return
+        return 0
     if conn.dialect.name == "postgresql":
         for config_id, conversation_id in pairs:
             await conn.execute(select(delivery_sequences.c.last_sequence).where(
                 delivery_sequences.c.webhook_config_id == config_id,
                 delivery_sequences.c.conversation_id == conversation_id).with_for_update())
-    await conn.execute(_promote_head, [{"b_config": c, "b_conversation": v, "b_now": now} for c, v in pairs])
+    promoted = await conn.execute(_promote_head, [{"b_config": c, "b_conversation": v, "b_now": now} for c, v in pairs])
+    return promoted.rowcount
 
 
 async def promote_heads(conn: AsyncConnection, *, config_id: int, now: float) -> int:

@@ -193,7 +193,9 @@ deliveries = Table(
     Index("ix_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'"),
           sqlite_where=text("status = 'pending'")),
     Index("ix_deliveries_config_status_id", "webhook_config_id", "status", "id"),
-    Index("ix_deliveries_order", "webhook_config_id", "conversation_id", "sequence"),
+    # Ordered delivery: a conversation's head and its next queued delivery are
+    # index seeks, however many of its deliveries are already finished.
+    Index("ix_deliveries_order", "webhook_config_id", "conversation_id", "status", "sequence"),
 )
 
 attempts = Table(

@@ -1,0 +1,68 @@
+"""What ordered delivery costs: the dispatch benchmark with ordering on and
+off, in the same run.
+
+    python bench/ordering.py                   # SQLite, 100,000 pending over 10 endpoints and 1,000 conversations
+    python bench/ordering.py --db postgresql://postgres@127.0.0.1:5432/test
+
+Both runs write the same deliveries over 1,000 conversations (100 per
+endpoint) to a fresh database and deliver them all with one dispatcher, to
+the same local sink (``bench/dispatch.py`` has the machinery). With ordering
+(``"conversation"``) a conversation's deliveries go one at a time, the next
+promoted when the one before it finishes; without (``"none"``) all are due at
+once. The last line is JSON: ``rate`` with ordering, ``baseline_rate`` without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dispatch  # noqa: E402  (the dispatch benchmark's sink, seeding and child runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Dispatcher throughput with ordering on and off.")
+    parser.add_argument("--db", help="postgresql://... (a fresh database is created there); SQLite by default")
+    parser.add_argument("--pending", type=int, default=100_000)
+    parser.add_argument("--conversations", type=int, default=1_000, help="a multiple of --endpoints")
+    parser.add_argument("--endpoints", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--per-endpoint", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--attempt-timeout", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, help="stop each dispatcher run after this many seconds")
+    parser.add_argument("--transport", choices=["lean", "aiohttp"], default="lean")
+    args = parser.parse_args()
+    if args.conversations % args.endpoints:
+        parser.error("--conversations must be a multiple of --endpoints (each conversation has one endpoint)")
+
+    from tidings.contract.signing import generate_private_key, private_key_whsk
+
+    key = private_key_whsk(generate_private_key())
+    rates, results = {}, {}
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-") as scratch_name:
+        sink = dispatch.Sink(args.endpoints, None)
+        try:
+            for ordering in ("none", "conversation"):
+                args.ordering = ordering
+                result, _, store = dispatch.dispatcher_run(args, sink.urls(), key, Path(scratch_name), sink)
+                rates[ordering], results[ordering] = result["rate"], result
+                print(f"ordering {ordering}: {result['rate']:,.0f}/s ({result['delivered']:,} delivered)",
+                      file=sys.stderr)
+        finally:
+            sink.stop()
+    ordered, unordered = rates["conversation"], rates["none"]
+    print(json.dumps({
+        "bench": "ordering", "store": store, "rate": round(ordered, 1), "baseline_rate": round(unordered, 1),
+        "ratio": round(ordered / unordered, 3), "pending": args.pending, "conversations": args.conversations,
+        "endpoints": args.endpoints, "delivered": results["conversation"]["delivered"],
+        "transport": args.transport, "load_average": dispatch._load_average()}))
+
+
+if __name__ == "__main__":
+    main()
