@@ -418,8 +418,9 @@ class Dispatcher:
         held = await store.still_held(conn, worker_id=self.worker_id, postgres=self._postgres,
                                       delivery_ids=[result.job.row.id for result in results])
         kept = [result for result in results if result.job.row.id in held]
-        await store.apply_results(conn, worker_id=self.worker_id,
-                                  rows=[self._result_row(result, finished_at) for result in kept])
+        if await store.apply_results(conn, worker_id=self.worker_id,
+                                     rows=[self._result_row(result, finished_at) for result in kept]):
+            self.wake()  # ordered deliveries were promoted: they are due now
         await store.release(conn, worker_id=self.worker_id, rows=releases)
         for result in kept:
             if result.decision.pause_configuration:
