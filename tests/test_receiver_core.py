@@ -247,3 +247,25 @@ def test_handle_sync_and_async_share_one_writer(sqlite_url, keys):
         assert receiver.committer.records == 200
         assert receiver.committer.batches < 200  # commits were shared
     assert len(log.events_after(0, 1000)) == 200
+
+
+def test_the_write_ahead_log_is_checkpointed_beside_the_commits(sqlite_url, keys, monkeypatch):
+    """Commits never checkpoint (it would hold up their requests); the writer's own thread does."""
+    import os
+
+    from tidings.receiver import group_commit
+
+    monkeypatch.setattr(group_commit, "CHECKPOINT_INTERVAL", 0.05)
+    path = sqlite_url.removeprefix("sqlite:///")
+    log = EventLog(sqlite_url)
+    bodies = [dump_event(e) for e in SampleFactory(12).events(300)]
+    with Receiver(log, keys.verifier()) as receiver:
+        for body in bodies:
+            assert receiver.handle_sync(body, keys.vendor_headers(body)).status == 200
+        # Quiet now: the rest of the log is copied into the database file.
+        wait_until(lambda: os.path.getsize(path) > sum(len(b) for b in bodies))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # a fresh connection's default
+    with log.engine.connect() as conn:
+        engine_setting = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    assert engine_setting == 0  # the log's own connections leave checkpoints to that thread

@@ -34,7 +34,8 @@ T = TypeVar("T")
 Waiter = asyncio.Future | concurrent.futures.Future
 
 _STOP = object()
-CHECKPOINT_INTERVAL = 1.0  # seconds between SQLite checkpoints
+CHECKPOINT_INTERVAL = 1.0  # seconds between looks at whether to checkpoint
+CHECKPOINT_RECORDS = 2500  # records committed by this writer since its last checkpoint: about 1,000 WAL pages
 
 
 class _Job:
@@ -79,9 +80,19 @@ class GroupCommitter:
                     self._checkpointer.start()
 
     def _checkpoint_now_and_then(self) -> None:
+        # Only after enough new records: a checkpoint flushes the database file,
+        # and every flush on the disk delays the commits that requests wait for.
+        checkpointed = last_look = 0
         while not self._stopped.wait(CHECKPOINT_INTERVAL):
+            records = self.records
+            enough = records - checkpointed >= CHECKPOINT_RECORDS
+            quiet_with_rest = records != checkpointed and records == last_look  # nothing came in for a second
+            last_look = records
+            if not (enough or quiet_with_rest):
+                continue
             try:
                 self.log.checkpoint()
+                checkpointed = records
             except Exception:  # a busy or failing checkpoint is retried at the next interval
                 logger.exception("checkpointing the SQLite log failed")
 

@@ -193,8 +193,8 @@ class EventLog:
         With SQLite's automatic checkpoint, the commit that crosses 1,000 WAL
         pages (about 2,500 events) copies them and flushes the database file
         before it returns, and the requests waiting on that commit wait for
-        it too. ``GroupCommitter`` runs this in a thread of its own once a
-        second instead. (On this shared machine the disk's own jitter was
+        it too. ``GroupCommitter`` runs this in a thread of its own instead,
+        once its writer has committed about as many records since the last one. (On this shared machine the disk's own jitter was
         larger than the difference in commit p99, so no figure is claimed.)
         """
         if not self.is_sqlite:
