@@ -15,7 +15,7 @@ from tidings.platform.conversations import MessagingError, NotFound, Refused
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.ingestion import ChannelMessage, IncomingMessage, IngestResult, ingest_messages
 from tidings.platform.outbox import record_event
-from tidings.platform.outbox_batch import record_events
+from tidings.platform.outbox import record_events
 from tidings.store.platform_tables import conversations, deliveries, events, messages, webhook_configs
 
 HOOK = "https://hooks.example.com/tidings"

@@ -252,7 +252,7 @@ async def promote_next(conn: AsyncConnection, finished_ids: Sequence[int], *, no
 
     On PostgreSQL the conversations' sequence rows are locked first, in one
     order: a writer adding an event to the same conversation holds that row
-    until it commits (``outbox.next_sequence``), so a promotion never misses
+    until it commits (``outbox.record_events``), so a promotion never misses
     a delivery that was queued behind the one finishing.
     """
     pairs = sorted({(row.webhook_config_id, row.conversation_id) for row in (await conn.execute(

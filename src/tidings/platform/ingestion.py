@@ -35,7 +35,7 @@ from tidings.platform.conversations import (
     conversation_model,
     message_from_row,
 )
-from tidings.platform.outbox_batch import record_events
+from tidings.platform.outbox import record_events
 from tidings.store.platform_tables import businesses, conversations, custom_channels, messages
 
 

@@ -5,6 +5,14 @@ So a message, its event and one delivery per matching webhook configuration
 commit together or not at all, and the dispatcher only ever sends events of
 committed changes. The body is rendered here, once; the dispatcher sends
 these bytes on every attempt.
+
+``record_events`` writes many events in a handful of statements whatever
+their number (batched ingestion); ``record_event`` is the same for one.
+Sequence numbers are taken with one atomic upsert, and the rows of
+``delivery_sequences`` stay locked until the transaction ends: that
+serialises the writers of one conversation with the dispatcher's promotions
+(``delivery_store.promote_next``), so a promotion never misses a delivery
+queued behind the one finishing.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import secrets
 import time
 
-from sqlalchemy import exists, insert, select
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,27 +46,6 @@ def new_webhook_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def _upsert(conn: AsyncConnection):
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
-async def next_sequence(conn: AsyncConnection, webhook_config_id: int, conversation_id: int) -> int:
-    """The next sequence number of a conversation's events for one configuration.
-
-    One atomic upsert: concurrent writers on PostgreSQL never share a number,
-    and the row stays locked until the transaction ends, which serialises the
-    writers and the dispatcher's promotions of one conversation (see
-    ``delivery_store.promote_next``).
-    """
-    insert_ = _upsert(conn)(delivery_sequences).values(
-        webhook_config_id=webhook_config_id, conversation_id=conversation_id, last_sequence=1)
-    statement = insert_.on_conflict_do_update(
-        index_elements=[delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id],
-        set_={"last_sequence": delivery_sequences.c.last_sequence + 1},
-    ).returning(delivery_sequences.c.last_sequence)
-    return (await conn.execute(statement)).scalar_one()
-
-
 def initial_status(*, ordered: bool, paused: bool, waits_behind_another: bool) -> str:
     """The status a new delivery starts in (pure)."""
     if ordered and waits_behind_another:
@@ -63,46 +53,108 @@ def initial_status(*, ordered: bool, paused: bool, waits_behind_another: bool) -
     return HELD if paused else PENDING
 
 
-async def has_unfinished(conn: AsyncConnection, webhook_config_id: int, conversation_id: int) -> bool:
-    """Whether a delivery of this conversation and configuration is still to finish."""
-    return bool((await conn.execute(select(exists().where(
-        deliveries.c.webhook_config_id == webhook_config_id, deliveries.c.conversation_id == conversation_id,
-        deliveries.c.status.in_(UNFINISHED))))).scalar())
+async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, MessageEvent]], *, signer: Signer,
+                        now: float | None = None) -> list[int]:
+    """Writes each ``(org_id, event)`` and its deliveries; returns the event
+    ids in the order given. Call inside a transaction."""
+    if not items:
+        return []
+    created = utcnow()
+    due = time.time() if now is None else now
+    bodies = [dump_event(event) for _, event in items]
+    rows = [{"org_id": org_id, "event_type": event.type, "conversation_id": event.payload.conversation.id,
+             "message_id": event.payload.message.id, "body": body, "created_at": created}
+            for (org_id, event), body in zip(items, bodies)]
+    if conn.dialect.name == "sqlite":
+        # SQLite numbers the rows of an INSERT in the order of its VALUES (the
+        # writer holds the database lock), so the ids in ascending order are
+        # the events in order; asking for sorted RETURNING rows would make
+        # SQLAlchemy send one INSERT per event.
+        event_ids = sorted((await conn.execute(insert(events).returning(events.c.id), rows)).scalars())
+    else:
+        event_ids = list((await conn.execute(
+            insert(events).returning(events.c.id, sort_by_parameter_order=True), rows)).scalars())
+
+    subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
+    for config_id, org_id, event_type, paused, ordering in (await conn.execute(
+        select(webhook_configs.c.id, webhook_configs.c.org_id, webhook_configs.c.event_type, webhook_configs.c.paused,
+               webhook_configs.c.ordering)
+        .where(webhook_configs.c.org_id.in_({org_id for org_id, _ in items}),
+               webhook_configs.c.event_type.in_({event.type for _, event in items}))
+        .order_by(webhook_configs.c.id)
+    )).all():
+        subscribed[(org_id, event_type)].append((config_id, paused, ordering == ORDERED))
+    if not subscribed:
+        return event_ids
+
+    wanted: Counter[tuple[int, int]] = Counter()  # (configuration, conversation) -> sequence numbers needed
+    for org_id, event in items:
+        for config_id, _, _ in subscribed.get((org_id, event.type), ()):
+            wanted[(config_id, event.payload.conversation.id)] += 1
+    next_number = await _take_sequences(conn, wanted)
+    # Ordered conversations that already have a delivery to finish: all of
+    # this batch's deliveries in them wait; in the others, all but the first.
+    busy = await _with_unfinished(conn, [key for key, first in next_number.items() if first > 1])
+
+    rows = []
+    for event_id, (org_id, event), body in zip(event_ids, items, bodies):
+        configs = subscribed.get((org_id, event.type))
+        if not configs:
+            continue
+        signature = signer.vendor_signature(body)
+        conversation_id = event.payload.conversation.id
+        for config_id, paused, ordered in configs:
+            key = (config_id, conversation_id)
+            sequence = next_number[key]
+            next_number[key] += 1
+            status = initial_status(ordered=ordered, paused=paused, waits_behind_another=key in busy)
+            busy.add(key)
+            rows.append({
+                "event_id": event_id, "webhook_config_id": config_id, "org_id": org_id,
+                "webhook_id": new_webhook_id(), "signature": signature, "conversation_id": conversation_id,
+                "sequence": sequence, "status": status, "attempt_count": 0,
+                "next_attempt_at": due, "created_at": created,
+            })
+    await conn.execute(insert(deliveries), rows)
+    return event_ids
+
+
+async def _take_sequences(conn: AsyncConnection, wanted: Counter[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """Reserves ``wanted[key]`` consecutive sequence numbers for each
+    (configuration, conversation); returns the first of each.
+
+    One atomic upsert that adds the counts, so concurrent writers on
+    PostgreSQL never share a number; keys in a fixed order, so two writers
+    lock the rows in the same order.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(delivery_sequences)
+    statement = statement.on_conflict_do_update(
+        index_elements=[delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id],
+        set_={"last_sequence": delivery_sequences.c.last_sequence + statement.excluded.last_sequence},
+    ).returning(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id,
+                delivery_sequences.c.last_sequence)
+    taken = {}
+    rows = [{"webhook_config_id": config_id, "conversation_id": conversation_id, "last_sequence": wanted[(config_id, conversation_id)]}
+            for config_id, conversation_id in sorted(wanted)]
+    for config_id, conversation_id, last in (await conn.execute(statement, rows)).all():
+        taken[(config_id, conversation_id)] = last - wanted[(config_id, conversation_id)] + 1
+    return taken
+
+
+async def _with_unfinished(conn: AsyncConnection, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which (configuration, conversation) pairs have a delivery still to finish."""
+    if not keys:
+        return set()
+    pair = tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id)
+    return {tuple(row) for row in (await conn.execute(
+        select(deliveries.c.webhook_config_id, deliveries.c.conversation_id).distinct()
+        .where(pair.in_(keys), deliveries.c.status.in_(UNFINISHED)))).all()}
 
 
 async def record_event(conn: AsyncConnection, *, org_id: int, event: MessageEvent, signer: Signer,
                        now: float | None = None) -> int:
     """Writes ``event`` and a delivery for each configuration of ``org_id``
     subscribed to its type; returns the event's id. Call inside a transaction."""
-    body = dump_event(event)
-    created = utcnow()
-    conversation_id = event.payload.conversation.id
-    event_id = (await conn.execute(
-        insert(events).values(org_id=org_id, event_type=event.type, conversation_id=conversation_id,
-                              message_id=event.payload.message.id, body=body, created_at=created)
-        .returning(events.c.id)
-    )).scalar_one()
-    # In id order, so that concurrent writers lock sequence rows in one order.
-    configs = (await conn.execute(
-        select(webhook_configs.c.id, webhook_configs.c.paused, webhook_configs.c.ordering)
-        .where(webhook_configs.c.org_id == org_id, webhook_configs.c.event_type == event.type)
-        .order_by(webhook_configs.c.id)
-    )).all()
-    if not configs:
-        return event_id
-    signature = signer.vendor_signature(body)
-    due = time.time() if now is None else now
-    rows = []
-    for config_id, paused, ordering in configs:
-        sequence = await next_sequence(conn, config_id, conversation_id)
-        ordered = ordering == ORDERED
-        waits = ordered and sequence > 1 and await has_unfinished(conn, config_id, conversation_id)
-        rows.append({
-            "event_id": event_id, "webhook_config_id": config_id, "org_id": org_id,
-            "webhook_id": new_webhook_id(), "signature": signature,
-            "conversation_id": conversation_id, "sequence": sequence,
-            "status": initial_status(ordered=ordered, paused=paused, waits_behind_another=waits),
-            "attempt_count": 0, "next_attempt_at": due, "created_at": created,
-        })
-    await conn.execute(insert(deliveries), rows)
+    [event_id] = await record_events(conn, [(org_id, event)], signer=signer, now=now)
     return event_id
