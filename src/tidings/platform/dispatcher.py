@@ -91,6 +91,7 @@ OnFinal = Callable[[AsyncConnection, Row, bool], Awaitable[None]]
 
 NO_ANSWER = (ErrorKind.TIMEOUT, ErrorKind.CONNECTION)
 RATE_WINDOW = 0.25  # seconds; an endpoint's pace is measured over one to two of these
+RUNNER_IDLE = 5.0  # seconds an endpoint's runners wait for more jobs before they end
 CLAIM_AHEAD = 3  # batches claimed beyond the requests in flight (see Dispatcher.capacity)
 
 
@@ -138,7 +139,12 @@ class _Endpoint:
     key: str
     breaker: CircuitBreaker
     queue: deque = field(default_factory=deque)
-    runners: int = 0
+    runners: int = 0  # tasks sending to this endpoint, the idle ones included
+    # Runners whose queue ran dry wait here for more (True) or for the word to leave
+    # (False): starting a task for each batch cost more than the rest of the bookkeeping.
+    idle_runners: int = 0
+    more: asyncio.Future | None = None
+    last_job_at: float = 0.0
     # Completions in the current and the previous window, for rate().
     window_start: float = 0.0
     current: int = 0
@@ -283,6 +289,7 @@ class Dispatcher:
                 job = endpoint.queue.popleft()
                 self._in_process -= 1
                 self._hand_back(job.row.id, store.PENDING, now)
+        self._dismiss_idle_runners()
         self._signal.set()
 
     # ------------------------------------------------------------ database access
@@ -462,10 +469,16 @@ class Dispatcher:
                 self._saturated.add(endpoint.key)
                 saturated += 1
                 continue
-            endpoint.queue.append(_Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature,
-                                                     secrets, custom_headers, row.sequence)))
+            queue = endpoint.queue
+            queue.append(_Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature,
+                                            secrets, custom_headers, row.sequence)))
+            endpoint.last_job_at = now
             self._in_process += 1
-            if endpoint.runners < per_endpoint:
+            if endpoint.idle_runners:
+                more = endpoint.more
+                if more is not None and not more.done():
+                    more.set_result(True)
+            if len(queue) > endpoint.idle_runners and endpoint.runners < per_endpoint:
                 endpoint.runners += 1
                 task = asyncio.create_task(self._run_endpoint(endpoint))
                 self._runner_tasks.add(task)
@@ -513,7 +526,11 @@ class Dispatcher:
 
     async def _run_endpoint(self, endpoint: _Endpoint) -> None:
         try:
-            while endpoint.queue and not self._stopping:
+            while not self._stopping:
+                if not endpoint.queue:
+                    if await self._more_jobs(endpoint):
+                        continue
+                    break
                 job = endpoint.queue.popleft()
                 try:
                     result = await self._attempt(job, endpoint)
@@ -537,6 +554,28 @@ class Dispatcher:
                     self._signal.set()
         finally:
             endpoint.runners -= 1
+
+    @staticmethod
+    async def _more_jobs(endpoint: _Endpoint) -> bool:
+        """Wait until the endpoint has jobs again (``True``) or its runners should end (``False``)."""
+        more = endpoint.more
+        if more is None or more.done():
+            more = endpoint.more = asyncio.get_running_loop().create_future()
+        endpoint.idle_runners += 1
+        try:
+            return await asyncio.shield(more)  # one runner's cancellation is not everyone's
+        finally:
+            endpoint.idle_runners -= 1
+
+    def _dismiss_idle_runners(self, now: float | None = None) -> None:
+        """Idle runners end: all of them (``now`` is ``None``), or those of endpoints
+        that had no job for ``RUNNER_IDLE`` seconds."""
+        for endpoint in self._endpoints.values():
+            more = endpoint.more
+            if more is None or more.done() or not endpoint.idle_runners or endpoint.queue:
+                continue
+            if now is None or now - endpoint.last_job_at > RUNNER_IDLE:
+                more.set_result(False)
 
     async def _attempt(self, job: _Job, endpoint: _Endpoint) -> _Result:
         now = time.time()
@@ -618,6 +657,7 @@ class Dispatcher:
                 if handed_back:
                     log.warning("handed back %d deliveries of stalled workers", handed_back)
                     self.wake()
+                self._dismiss_idle_runners(now)
             except Exception:
                 log.exception("heartbeat failed")
 
