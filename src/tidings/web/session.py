@@ -48,7 +48,7 @@ def parse_org_id(text: str | None) -> int | None:
 async def resolve_org(request: Request, key: str | None, org_id: int | None) -> OrgContext:
     """The organization ``key`` acts for, by the API's rules; ``SignInRequired`` if none."""
     try:
-        return await org_context(request, key=key, org_id=org_id, platform=platform_context(request))
+        return await org_context(request, key=key, org_id=org_id, platform=await platform_context(request))
     except HTTPException as refused:
         raise SignInRequired(str(refused.detail)) from None
 

@@ -49,22 +49,29 @@ async def org_context(
 ) -> OrgContext:
     if not key:
         raise HTTPException(401, "missing x-APIKey header")
-    async with platform.engine.connect() as conn:
-        row = (await conn.execute(
-            select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id).where(api_keys.c.key_hash == hash_api_key(key))
-        )).first()
+    key_hash = hash_api_key(key)
+    row = platform.known_keys.get(("key", key_hash))
+    if row is None:
+        async with platform.engine.connect() as conn:
+            row = (await conn.execute(
+                select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id).where(api_keys.c.key_hash == key_hash)
+            )).first()
         if row is None:
             raise HTTPException(401, "unknown API key")
-        if row.kind == ORG_KEY:
-            if org_id is not None and org_id != row.org_id:
-                raise HTTPException(403, "this key belongs to another organization")
-            return OrgContext(org_id=row.org_id, api_key_id=row.id, key_kind=ORG_KEY)
-        if org_id is None:
-            raise HTTPException(400, "a PROVIDER key must name the organization with the org_id query parameter")
-        managed = (await conn.execute(
-            select(provider_organizations.c.org_id).where(
-                provider_organizations.c.api_key_id == row.id, provider_organizations.c.org_id == org_id)
-        )).first()
+        platform.known_keys.put(("key", key_hash), row)
+    if row.kind == ORG_KEY:
+        if org_id is not None and org_id != row.org_id:
+            raise HTTPException(403, "this key belongs to another organization")
+        return OrgContext(org_id=row.org_id, api_key_id=row.id, key_kind=ORG_KEY)
+    if org_id is None:
+        raise HTTPException(400, "a PROVIDER key must name the organization with the org_id query parameter")
+    if platform.known_keys.get(("manages", row.id, org_id)) is None:
+        async with platform.engine.connect() as conn:
+            managed = (await conn.execute(
+                select(provider_organizations.c.org_id).where(
+                    provider_organizations.c.api_key_id == row.id, provider_organizations.c.org_id == org_id)
+            )).first()
         if managed is None:
             raise HTTPException(403, "this PROVIDER key does not manage that organization")
-        return OrgContext(org_id=org_id, api_key_id=row.id, key_kind=PROVIDER_KEY)
+        platform.known_keys.put(("manages", row.id, org_id), True)
+    return OrgContext(org_id=org_id, api_key_id=row.id, key_kind=PROVIDER_KEY)
