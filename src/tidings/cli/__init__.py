@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.cli import demo, events, keys, platform, receiver, serve, simulate, worker
 from tidings.cli.errors import CliError
@@ -39,13 +40,19 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, whatever the cause's own message spans (drivers add hints on new lines).
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
     except SystemExit:
         raise
+    except SQLAlchemyError as exc:
+        # An unreachable or unusable database is an expected failure of any command that takes --db.
+        cause = getattr(exc, "orig", None) or exc
+        print("error: the database cannot be used: " + " ".join(str(cause).split()), file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:
         # Usage errors of the command-line parser (typer ships its own click).
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):

@@ -60,6 +60,7 @@ def receive_command(
 ) -> None:
     """Run the receiver: verify, store, acknowledge; then project the inbox and run the handlers."""
     from tidings.contract.signing import KeyFormatError
+    from tidings.cli.serve import prepare_database
     from tidings.receiver.service import ReceiverConfig, run_service
 
     if not public_key and not signing_secret:
@@ -88,6 +89,7 @@ def receive_command(
         config.handlers()  # fail now, not in a worker, on a handler that cannot be imported
     except (KeyFormatError, ValueError, ImportError) as exc:
         raise CliError(str(exc)) from None
+    prepare_database(db)  # migrate, and fail in one line if the database cannot be reached
     print(f"receiving on http://{host}:{port}{config.path} into {db}", file=sys.stderr, flush=True)
     run_service(config, host, port)
 
