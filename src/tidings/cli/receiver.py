@@ -57,6 +57,9 @@ def receive_command(
     tolerance: int = typer.Option(300, "--tolerance", help="seconds a webhook-timestamp may be off"),
     workers: int = typer.Option(1, "--workers", help="worker processes (each verifies and commits)"),
     verify_threads: int = typer.Option(1, "--verify-threads", help="threads per worker that verify signatures"),
+    gap_wait: float = typer.Option(
+        30.0, "--gap-wait", help="seconds the inbox waits on a hole in a conversation's X-Tidings-Sequence before reporting it"
+    ),
 ) -> None:
     """Run the receiver: verify, store, acknowledge; then project the inbox and run the handlers."""
     from tidings.contract.signing import KeyFormatError
@@ -83,6 +86,7 @@ def receive_command(
         max_tries=max_tries,
         workers=workers,
         verify_threads=verify_threads,
+        gap_wait=gap_wait,
     )
     try:
         config.verifier()
@@ -206,6 +210,39 @@ def quarantine_reprocess(
     print(f"moved into the log: {len(outcome.moved)}; still failing: {len(outcome.still_failing)}")
     for quarantine_id, error in outcome.still_failing.items():
         print(f"  {quarantine_id}: {error}")
+
+
+# ---------------------------------------------------------------- sequence gaps
+
+
+@app.command("gaps", help="Holes in conversations' X-Tidings-Sequence waited on past --gap-wait (reported).")
+def gaps_list(
+    db: str = DB_OPTION,
+    waiting: bool = typer.Option(False, "--waiting", help="also the holes still waited on"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    from tidings.receiver.inbox import list_gaps
+
+    log = _log(db)
+    with log.engine.connect() as conn:
+        gaps = list_gaps(conn, include_waiting=waiting)
+    if as_json:
+        _print_json({"gaps": gaps})
+        return
+    _table(
+        "sequence gaps",
+        ["org", "event type", "conversation", "missing", "waiting since (UTC)", "reported (UTC)"],
+        [
+            [g["key"]["org_id"], g["key"]["event_type"], g["key"]["conversation_id"],
+             _missing_text(g["missing"]["first"], g["missing"]["last"]), _when(g["waiting_since"]),
+             _when(g["reported_at"]) or "still waiting"]
+            for g in gaps
+        ],
+    )
+
+
+def _missing_text(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
 
 
 # ---------------------------------------------------------------- dead letters

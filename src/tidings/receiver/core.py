@@ -43,6 +43,7 @@ from tidings.receiver.answers import BUSY, Answer, not_an_event, unauthorized
 from tidings.receiver.dedupe import dedupe_key
 from tidings.receiver.group_commit import GroupCommitter, settle
 from tidings.receiver.log import EVENT, QUARANTINE, EventLog, QuarantinedBody, Record, ReprocessOutcome
+from tidings.receiver.sequencing import SEQUENCE_HEADER, parse_sequence
 from tidings.receiver.sodium import sodium_verifier
 
 logger = logging.getLogger("tidings.receiver")
@@ -186,7 +187,7 @@ class Receiver:
             if self.strict:
                 return not_an_event(str(exc))
             return Record(QUARANTINE, key, body, scheme, webhook_id, time.time(), error=str(exc))
-        return event_record(event, key, body, scheme, webhook_id)
+        return event_record(event, key, body, scheme, webhook_id, sequence=parse_sequence(headers.get(SEQUENCE_HEADER)))
 
     def _secret_matches(self, query: str, path_secret: str | None) -> bool:
         expected = self.url_secret.encode()
@@ -301,7 +302,10 @@ class Receiver:
         return self.log.reprocess_quarantine(self.classify_quarantined, ids)
 
 
-def event_record(event: object, key: str, body: bytes, scheme: str, webhook_id: str | None, received_at: float | None = None) -> Record:
+def event_record(
+    event: object, key: str, body: bytes, scheme: str, webhook_id: str | None, received_at: float | None = None,
+    sequence: int | None = None,
+) -> Record:
     """The log record of a parsed event."""
     message_id = conversation_id = None
     if isinstance(event, (MessageCreated, MessageUpdated)):
@@ -317,6 +321,7 @@ def event_record(event: object, key: str, body: bytes, scheme: str, webhook_id: 
         event_type=str(getattr(event, "type", "")),
         message_id=message_id,
         conversation_id=conversation_id,
+        sequence=sequence,
     )
 
 

@@ -9,23 +9,30 @@ request path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence, Set
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.contract import ContentType, ConversationStatus, MessageStatus, MessagingPartner, SenderType
 from tidings.receiver.inbox_rules import MessageState, conversation_wins, merge_message, sortable_date
 from tidings.receiver.log import EventLog, StoredEvent
+from tidings.receiver.sequencing import Arrival, Held, Plan, SequenceKey, holes, plan_batch
 from tidings.store.receiver_tables import (
     receiver_cursors,
+    receiver_held_events,
+    receiver_sequence_gaps,
+    receiver_sequence_keys,
     receiver_inbox_conversations,
     receiver_inbox_messages,
 )
 
 INBOX_CURSOR = "inbox"
+APPLIED_RANK_CURSOR = "inbox-applied"  # how many events the inbox has applied: the order conversations tie-break by
+DEFAULT_GAP_WAIT = 30.0  # seconds a hole in a key's sequence is waited on before it is reported
 
 # Open enums of the contract, by the field that carries them.
 _MESSAGE_ENUMS = {"content_type": ContentType, "sender_type": SenderType, "status": MessageStatus}
@@ -94,20 +101,41 @@ class InboxProjector:
     projecting inside the request writer's thread, with the contract's models,
     held up acknowledgements (3,900 -> 1,600 events/s); reading the raw JSON
     and writing briefly keeps the projection off the request path's back.
+
+    Events that carry a sequence are applied in sequence order per key
+    (``sequencing``): one beyond the next in line is held until the hole
+    closes, or until the oldest held event of its key has waited ``gap_wait``
+    seconds; then the hole is reported and the held events applied anyway.
     """
 
-    def __init__(self, log: EventLog, batch_size: int = 500) -> None:
+    def __init__(
+        self, log: EventLog, batch_size: int = 500, gap_wait: float = DEFAULT_GAP_WAIT, clock: Callable[[], float] = time.time
+    ) -> None:
         self.log = log
         self.batch_size = batch_size
+        self.gap_wait = gap_wait
+        self.clock = clock
 
     def step(self, batch_size: int | None = None) -> int:
-        """Project the next batch; the number of log events it covered (0: up to date)."""
+        """Project the next batch; the number of log events it covered (0: up to date).
+
+        A step with no new event still applies held events whose wait is over.
+        """
+        now = self.clock()
         with self.log.engine.connect() as conn:
             position = read_cursor(conn, INBOX_CURSOR)
             events = self.log.events_after(position, batch_size or self.batch_size, conn)
-            if not events:
+            held = read_held(conn)
+            if not events and not any(now - h.held_since > self.gap_wait for h in held):
                 return 0
-            messages, conversations = fold_events(events)
+            arrivals = [arrival(stored) for stored in events]
+            keys = {a.key for a in arrivals if a.key is not None} | {h.key for h in held}
+            plan = plan_batch(arrivals, read_last_applied(conn, keys), held, now, self.gap_wait)
+            by_id = {stored.id: stored for stored in events}
+            by_id.update(self.log.events_by_id([i for i in plan.released if i not in by_id], conn))
+            applied = [by_id[event_id] for event_id in plan.applied]
+            first_rank = read_cursor(conn, APPLIED_RANK_CURSOR) + 1
+            messages, conversations = fold_events(applied, first_rank, plan.late)
             paramstyle = conn.dialect.paramstyle
             writes = [
                 prepared_upsert(receiver_inbox_messages, merged_message_rows(conn, messages), paramstyle),
@@ -121,7 +149,9 @@ class InboxProjector:
             for statement, parameters in writes:
                 if parameters:
                     conn.exec_driver_sql(statement, parameters)
-            write_cursor(conn, INBOX_CURSOR, events[-1].id)
+            write_sequencing(conn, plan, now)
+            write_cursor(conn, INBOX_CURSOR, events[-1].id if events else position)
+            write_cursor(conn, APPLIED_RANK_CURSOR, first_rank - 1 + len(applied))
         return len(events)
 
     def catch_up(self) -> int:
@@ -130,6 +160,106 @@ class InboxProjector:
         while count := self.step():
             total += count
         return total
+
+
+# ---------------------------------------------------------------- sequencing state
+
+
+def arrival(stored: StoredEvent) -> Arrival:
+    """How the sequencer sees a log event: its key only if it is a message event with an org and a conversation."""
+    parsed = message_event(stored.body) if stored.sequence is not None else None
+    if parsed is None or not isinstance(parsed[3], int) or isinstance(parsed[3], bool):
+        return Arrival(stored.id, None, None)
+    event_type, _message, conversation, org_id = parsed
+    return Arrival(stored.id, (org_id, event_type, conversation["id"]), stored.sequence)
+
+
+def read_held(conn: Connection) -> list[Held]:
+    """Every held event (few: only those waiting on a hole)."""
+    table = receiver_held_events
+    return [
+        Held(row.event_id, (row.org_id, row.event_type, row.conversation_id), row.sequence, row.held_since)
+        for row in conn.execute(select(table).order_by(table.c.event_id)).all()
+    ]
+
+
+def read_last_applied(conn: Connection, keys: set[SequenceKey]) -> dict[SequenceKey, int]:
+    if not keys:
+        return {}
+    table = receiver_sequence_keys
+    found: dict[SequenceKey, int] = {}
+    conversation_ids = sorted({key[2] for key in keys})
+    for start in range(0, len(conversation_ids), 500):
+        rows = conn.execute(select(table).where(table.c.conversation_id.in_(conversation_ids[start : start + 500]))).all()
+        for row in rows:
+            key = (row.org_id, row.event_type, row.conversation_id)
+            if key in keys:
+                found[key] = row.last_applied
+    return found
+
+
+def write_sequencing(conn: Connection, plan: Plan, now: float) -> None:
+    """The plan's changes to the held events, the last applied per key and the reported gaps."""
+    if plan.released:
+        conn.execute(delete(receiver_held_events).where(receiver_held_events.c.event_id.in_(plan.released)))
+    if plan.held:
+        conn.execute(
+            receiver_held_events.insert(),
+            [
+                {"event_id": h.event_id, "org_id": h.key[0], "event_type": h.key[1], "conversation_id": h.key[2],
+                 "sequence": h.sequence, "held_since": h.held_since}
+                for h in plan.held
+            ],
+        )
+    if plan.last_applied:
+        insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+        statement = insert(receiver_sequence_keys)
+        statement = statement.on_conflict_do_update(
+            index_elements=["org_id", "event_type", "conversation_id"],
+            set_={"last_applied": statement.excluded.last_applied},
+        )
+        conn.execute(
+            statement,
+            [{"org_id": k[0], "event_type": k[1], "conversation_id": k[2], "last_applied": v} for k, v in plan.last_applied.items()],
+        )
+    if plan.reported:
+        conn.execute(
+            receiver_sequence_gaps.insert(),
+            [
+                {"org_id": g.key[0], "event_type": g.key[1], "conversation_id": g.key[2], "first_missing": g.first_missing,
+                 "last_missing": g.last_missing, "waiting_since": g.waiting_since, "reported_at": now}
+                for g in plan.reported
+            ],
+        )
+
+
+def gap_document(key: SequenceKey, first: int, last: int, since: float, reported_at: float | None) -> dict[str, Any]:
+    return {
+        "key": {"org_id": key[0], "event_type": key[1], "conversation_id": key[2]},
+        "missing": {"first": first, "last": last},
+        "waiting_since": since,
+        "reported_at": reported_at,
+    }
+
+
+def list_gaps(conn: Connection, include_waiting: bool = False) -> list[dict[str, Any]]:
+    """The holes reported (waited on past the bound), oldest first; with ``include_waiting``, also those still waited on."""
+    table = receiver_sequence_gaps
+    gaps = [
+        gap_document((row.org_id, row.event_type, row.conversation_id), row.first_missing, row.last_missing,
+                     row.waiting_since, row.reported_at)
+        for row in conn.execute(select(table).order_by(table.c.id)).all()
+    ]
+    if include_waiting:
+        held = read_held(conn)
+        by_key: dict[SequenceKey, list[Held]] = {}
+        for event in held:
+            by_key.setdefault(event.key, []).append(event)
+        last = read_last_applied(conn, set(by_key))
+        for key, events in by_key.items():
+            for gap in holes(last.get(key, 0), events):
+                gaps.append(gap_document(key, gap.first_missing, gap.last_missing, gap.waiting_since, None))
+    return gaps
 
 
 MESSAGE_EVENT_TYPES = ("message_created", "message_updated")
@@ -154,11 +284,19 @@ def message_event(body: bytes) -> tuple[str, dict, dict, Any] | None:
         return None
 
 
-def fold_events(events: Sequence[StoredEvent]) -> tuple[dict, dict]:
-    """Merge a batch in memory: message id -> (state, conversation id, event id); conversation id -> (snapshot, event id, org)."""
+def fold_events(events: Sequence[StoredEvent], first_rank: int = 1, late: Set[int] = frozenset()) -> tuple[dict, dict]:
+    """Merge a batch, in the order to apply it, in memory.
+
+    message id -> (state, conversation id, event id); conversation id ->
+    (snapshot, event id, org, applied rank), the rank counting from ``first_rank``.
+    The ``late`` events (a sequence number already passed) rank 0: their
+    conversation snapshot wins only with a newer last message, never a tie.
+    """
     messages: dict[int, tuple[MessageState, int, int]] = {}
-    conversations: dict[int, tuple[dict, int, Any]] = {}
-    for stored in events:
+    conversations: dict[int, tuple[dict, int, Any, int]] = {}
+    for rank, stored in enumerate(events, start=first_rank):
+        if stored.id in late:
+            rank = 0
         parsed = message_event(stored.body)
         if parsed is None:
             continue  # an event type this version does not show: kept in the log only
@@ -169,8 +307,8 @@ def fold_events(events: Sequence[StoredEvent]) -> tuple[dict, dict]:
         winner_event = stored.id if merged.snapshot is incoming.snapshot else previous[2]
         messages[message["id"]] = (merged, message.get("conversation_id", conversation["id"]), winner_event)
         held = conversations.get(conversation["id"])
-        if held is None or conversation_wins(held[0], held[1], conversation, stored.id):
-            conversations[conversation["id"]] = (conversation, stored.id, org_id)
+        if held is None or conversation_wins(held[0], held[3], conversation, rank):
+            conversations[conversation["id"]] = (conversation, stored.id, org_id, rank)
     return messages, conversations
 
 
@@ -201,15 +339,18 @@ def merged_message_rows(conn: Connection, batch: dict[int, tuple[MessageState, i
     return rows
 
 
-def merged_conversation_rows(conn: Connection, batch: dict[int, tuple[dict, int, Any]]) -> list[dict]:
+def merged_conversation_rows(conn: Connection, batch: dict[int, tuple[dict, int, Any, int]]) -> list[dict]:
     table = receiver_inbox_conversations
     stored = {row.id: row for row in conn.execute(select(table).where(table.c.id.in_(list(batch)))).all()} if batch else {}
     rows = []
-    for conversation_id, (snapshot, event_id, org_id) in batch.items():
+    for conversation_id, (snapshot, event_id, org_id, rank) in batch.items():
         row = stored.get(conversation_id)
-        if row is not None and not conversation_wins(row.snapshot, row.event_id, snapshot, event_id):
+        if row is not None and not conversation_wins(row.snapshot, row.applied_rank, snapshot, rank):
             continue
-        rows.append({"id": conversation_id, "org_id": org_id if isinstance(org_id, int) else None, "event_id": event_id, "snapshot": snapshot})
+        rows.append(
+            {"id": conversation_id, "org_id": org_id if isinstance(org_id, int) else None, "event_id": event_id,
+             "applied_rank": rank, "snapshot": snapshot}
+        )
     return rows
 
 

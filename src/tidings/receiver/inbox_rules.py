@@ -26,7 +26,8 @@ JSON. ``is_deleted`` sticks: once any event says deleted, the message is
 deleted, whatever the winning snapshot says.
 
 A conversation shows the snapshot whose ``last_message`` is the newest (the
-conversation's own clock); among equal ones, the event received last.
+conversation's own clock); among equal ones, the event applied last (log order,
+or sequence order where events carry one: ``sequencing``).
 """
 
 from __future__ import annotations

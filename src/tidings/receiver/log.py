@@ -44,6 +44,7 @@ class Record:
     message_id: int | None = None
     conversation_id: int | None = None
     error: str = ""  # why a quarantined body does not parse
+    sequence: int | None = None  # X-Tidings-Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class StoredEvent:
     message_id: int | None
     conversation_id: int | None
     body: bytes
+    sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ def create_log_engine(url: str, **kwargs) -> Engine:
 _WRITING = "tidings.receiver.writing"
 
 
-_EVENT_COLUMNS = ("dedupe_key", "event_type", "webhook_id", "scheme", "received_at", "message_id", "conversation_id", "body")
+_EVENT_COLUMNS = ("dedupe_key", "event_type", "webhook_id", "scheme", "received_at", "message_id", "conversation_id", "body", "sequence")
 _QUARANTINE_COLUMNS = ("dedupe_key", "webhook_id", "scheme", "received_at", "error", "body")
 
 
@@ -285,6 +287,7 @@ def _event_row(record: Record) -> tuple:
         record.message_id,
         record.conversation_id,
         record.body,
+        record.sequence,
     )
 
 

@@ -3,6 +3,7 @@
     GET /inbox/conversations                     newest activity first
     GET /inbox/conversations/{id}/messages       oldest first
     GET /events?after=ID&limit=N                 the log, in order; page with next_after
+    GET /gaps?waiting=false                      holes in a conversation's sequence reported after the bound
     GET /health
 
 It serves whoever runs the receiver: bind it to a private address or put it
@@ -56,6 +57,12 @@ def read_router(log: EventLog) -> APIRouter:
     def events(after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
         stored = log.events_after(after, limit)
         return _json({"events": [event_document(e) for e in stored], "next_after": stored[-1].id if stored else after})
+
+    @router.get("/gaps")
+    def gaps(waiting: bool = Query(False)) -> Response:
+        with log.engine.connect() as conn:
+            items = inbox.list_gaps(conn, include_waiting=waiting)
+        return _json({"gaps": items, "count": len(items)})
 
     @router.get("/health")
     def health() -> Response:

@@ -61,6 +61,7 @@ receiver_events = Table(
     Column("message_id", BigInteger, nullable=True),
     Column("conversation_id", BigInteger, nullable=True),
     Column("body", LargeBinary, nullable=False),
+    Column("sequence", BigInteger, nullable=True),  # X-Tidings-Sequence, when the request carried a valid one
 )
 
 # Authentic bodies that do not parse under the contract; kept to be re-processed.
@@ -91,6 +92,9 @@ receiver_inbox_conversations = Table(
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("org_id", BigInteger, nullable=True),
     Column("event_id", BigInteger, nullable=False),  # the log event the snapshot comes from
+    # The projector's count of applied events when the snapshot was applied: among
+    # snapshots with the same last message, the one applied last wins (sequence order).
+    Column("applied_rank", BigInteger, nullable=False),
     Column("snapshot", JsonText, nullable=False),  # the conversation as of that event, unknown fields kept
 )
 
@@ -123,6 +127,42 @@ receiver_handler_failures = Table(
     Index("ix_receiver_handler_failures_due", "handler", "dead_at", "next_attempt_at"),
 )
 
+# Sequencing (tidings.receiver.sequencing): per (org, event type, conversation),
+# the last sequence the inbox applied, the events held until a hole closes, and
+# the holes given up on after the bound.
+receiver_sequence_keys = Table(
+    "receiver_sequence_keys",
+    metadata,
+    Column("org_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_type", String(200), primary_key=True),
+    Column("conversation_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_applied", BigInteger, nullable=False),
+)
+
+receiver_held_events = Table(
+    "receiver_held_events",
+    metadata,
+    Column("event_id", BigInteger, primary_key=True, autoincrement=False),  # the log position
+    Column("org_id", BigInteger, nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("conversation_id", BigInteger, nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("held_since", Float, nullable=False),
+)
+
+receiver_sequence_gaps = Table(
+    "receiver_sequence_gaps",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("org_id", BigInteger, nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("conversation_id", BigInteger, nullable=False),
+    Column("first_missing", BigInteger, nullable=False),
+    Column("last_missing", BigInteger, nullable=False),
+    Column("waiting_since", Float, nullable=False),
+    Column("reported_at", Float, nullable=False),
+)
+
 RECEIVER_TABLES = (
     receiver_events,
     receiver_quarantine,
@@ -130,6 +170,9 @@ RECEIVER_TABLES = (
     receiver_inbox_conversations,
     receiver_inbox_messages,
     receiver_handler_failures,
+    receiver_sequence_keys,
+    receiver_held_events,
+    receiver_sequence_gaps,
 )
 
 

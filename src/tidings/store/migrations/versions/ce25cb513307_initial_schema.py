@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 5340e54bb5f0
+Revision ID: ce25cb513307
 Revises: 
-Create Date: 2026-11-29 19:23:02.513075
+Create Date: 2026-11-29 19:42:58.546236
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import tidings.store.types
 
 
-revision = '5340e54bb5f0'
+revision = 'ce25cb513307'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -39,6 +39,7 @@ def upgrade() -> None:
     sa.Column('message_id', sa.BigInteger(), nullable=True),
     sa.Column('conversation_id', sa.BigInteger(), nullable=True),
     sa.Column('body', sa.LargeBinary(), nullable=False),
+    sa.Column('sequence', sa.BigInteger(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_events')),
     sa.UniqueConstraint('dedupe_key', name=op.f('uq_receiver_events_dedupe_key'))
     )
@@ -56,10 +57,20 @@ def upgrade() -> None:
     with op.batch_alter_table('receiver_handler_failures', schema=None) as batch_op:
         batch_op.create_index('ix_receiver_handler_failures_due', ['handler', 'dead_at', 'next_attempt_at'], unique=False)
 
+    op.create_table('receiver_held_events',
+    sa.Column('event_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('org_id', sa.BigInteger(), nullable=False),
+    sa.Column('event_type', sa.String(length=200), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger(), nullable=False),
+    sa.Column('sequence', sa.BigInteger(), nullable=False),
+    sa.Column('held_since', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('event_id', name=op.f('pk_receiver_held_events'))
+    )
     op.create_table('receiver_inbox_conversations',
     sa.Column('id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('org_id', sa.BigInteger(), nullable=True),
     sa.Column('event_id', sa.BigInteger(), nullable=False),
+    sa.Column('applied_rank', sa.BigInteger(), nullable=False),
     sa.Column('snapshot', tidings.store.receiver_tables.JsonText(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_inbox_conversations'))
     )
@@ -87,6 +98,24 @@ def upgrade() -> None:
     sa.Column('body', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_quarantine')),
     sa.UniqueConstraint('dedupe_key', name=op.f('uq_receiver_quarantine_dedupe_key'))
+    )
+    op.create_table('receiver_sequence_gaps',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('org_id', sa.BigInteger(), nullable=False),
+    sa.Column('event_type', sa.String(length=200), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger(), nullable=False),
+    sa.Column('first_missing', sa.BigInteger(), nullable=False),
+    sa.Column('last_missing', sa.BigInteger(), nullable=False),
+    sa.Column('waiting_since', sa.Float(), nullable=False),
+    sa.Column('reported_at', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_sequence_gaps'))
+    )
+    op.create_table('receiver_sequence_keys',
+    sa.Column('org_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('event_type', sa.String(length=200), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('last_applied', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('org_id', 'event_type', 'conversation_id', name=op.f('pk_receiver_sequence_keys'))
     )
     op.create_table('workers',
     sa.Column('id', sa.String(length=64), nullable=False),
@@ -320,12 +349,15 @@ def downgrade() -> None:
     op.drop_table('businesses')
     op.drop_table('api_keys')
     op.drop_table('workers')
+    op.drop_table('receiver_sequence_keys')
+    op.drop_table('receiver_sequence_gaps')
     op.drop_table('receiver_quarantine')
     with op.batch_alter_table('receiver_inbox_messages', schema=None) as batch_op:
         batch_op.drop_index('ix_receiver_inbox_messages_conversation')
 
     op.drop_table('receiver_inbox_messages')
     op.drop_table('receiver_inbox_conversations')
+    op.drop_table('receiver_held_events')
     with op.batch_alter_table('receiver_handler_failures', schema=None) as batch_op:
         batch_op.drop_index('ix_receiver_handler_failures_due')
 
