@@ -52,8 +52,9 @@ def main() -> None:
                 args.ordering = ordering
                 result, _, store = dispatch.dispatcher_run(args, sink.urls(), key, Path(scratch_name), sink)
                 rates[ordering], results[ordering] = result["rate"], result
-                print(f"ordering {ordering}: {result['rate']:,.0f}/s ({result['delivered']:,} delivered)",
-                      file=sys.stderr)
+                cpu = result["cpu_share"] * result["seconds"] / max(1, result["attempts"]) * 1e6
+                print(f"ordering {ordering}: {result['rate']:,.0f}/s ({result['delivered']:,} delivered, "
+                      f"{cpu:.0f} us of dispatcher CPU per delivery)", file=sys.stderr)
         finally:
             sink.stop()
     ordered, unordered = rates["conversation"], rates["none"]

@@ -230,6 +230,7 @@ class Dispatcher:
         self._releases: list[store.ReleaseRow] = []
         self._next_claim_at = 0.0
         self._nothing_due = False  # the last claim found nothing due, and nothing will be
+        self._promoted = False  # the results just written promoted ordered deliveries
         self._stopping = False
         self._signal = asyncio.Event()  # something changed: the cycle loop looks again
         self._saturated: set[str] = set()  # endpoints that recently had deliveries handed back
@@ -372,7 +373,10 @@ class Dispatcher:
         due: float | None = None
         try:
             async with self._writing() as conn:
+                self._promoted = False
                 kept = await self._record(conn, results, releases) if results or releases else []
+                if self._promoted and not claim_limit and not self._stopping:
+                    claim_limit = max(0, self.capacity - self._in_process)
                 if claim_limit:
                     while len(claimed) < claim_limit:
                         limit = min(self.batch_size, claim_limit - len(claimed))
@@ -427,7 +431,7 @@ class Dispatcher:
         kept = [result for result in results if result.job.row.id in held]
         if await store.apply_results(conn, worker_id=self.worker_id,
                                      rows=[self._result_row(result, finished_at) for result in kept]):
-            self.wake()  # ordered deliveries were promoted: they are due now
+            self._promoted = True  # ordered deliveries became due: claim them in this transaction
         await store.release(conn, worker_id=self.worker_id, rows=releases)
         for result in kept:
             if result.decision.pause_configuration:
