@@ -77,7 +77,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.contract.signing import Signer
 from tidings.platform import delivery_store as store
-from tidings.platform.circuit import CircuitBreaker, CircuitPolicy
+from tidings.platform.circuit import CircuitBreaker, CircuitPolicy, CircuitState
 from tidings.platform.retry import AttemptResult, Decision, ErrorKind, Outcome, RetryPolicy, decide
 from tidings.platform.sender import DEFAULT_TRANSPORT, TRANSPORTS, Answer, Outgoing, Transport, new_transport, sign_and_post
 from tidings.platform.settings import DeliverySettings
@@ -90,6 +90,12 @@ log = logging.getLogger("tidings.dispatcher")
 OnFinal = Callable[[AsyncConnection, Row, bool], Awaitable[None]]
 
 NO_ANSWER = (ErrorKind.TIMEOUT, ErrorKind.CONNECTION)
+# Enum members as plain names: in Python 3.11 reading ``CircuitState.CLOSED`` costs
+# ten times a global, and these are read for every delivery.
+_CLOSED = CircuitState.CLOSED
+_DELIVERED = Outcome.DELIVERED
+_FAILED = Outcome.FAILED
+_RETRY = Outcome.RETRY
 RATE_WINDOW = 0.25  # seconds; an endpoint's pace is measured over one to two of these
 RUNNER_IDLE = 5.0  # seconds an endpoint's runners wait for more jobs before they end
 CLAIM_AHEAD = 3  # batches claimed beyond the requests in flight (see Dispatcher.capacity)
@@ -233,6 +239,7 @@ class Dispatcher:
         self._promoted = False  # the results just written promoted ordered deliveries
         self._stopping = False
         self._signal = asyncio.Event()  # something changed: the cycle loop looks again
+        self._delivered_decisions: dict[int, Decision] = {}  # by 2xx status
         self._saturated: set[str] = set()  # endpoints that recently had deliveries handed back
 
     # ------------------------------------------------------------ running
@@ -439,8 +446,8 @@ class Dispatcher:
                                                 reason=result.decision.reason, now=finished_at)
         if self.on_final is not None:
             for result in kept:
-                if result.decision.outcome is not Outcome.RETRY:
-                    await self.on_final(conn, result.job.row, result.decision.outcome is Outcome.DELIVERED)
+                if result.decision.outcome is not _RETRY:
+                    await self.on_final(conn, result.job.row, result.decision.outcome is _DELIVERED)
         return kept
 
     def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float) -> int:
@@ -584,25 +591,35 @@ class Dispatcher:
     async def _attempt(self, job: _Job, endpoint: _Endpoint) -> _Result:
         now = time.time()
         headers: dict[str, str] = {}
-        if endpoint.breaker.allows(now):
+        breaker = endpoint.breaker
+        # A closed circuit with no failure allows everything and an answer changes
+        # nothing in it: those two calls are skipped in that, the usual, case.
+        if (breaker.state is _CLOSED and not breaker.failures) or breaker.allows(now):
             try:
                 headers, answer = await sign_and_post(self.signer, self._transport, job.outgoing)
             except BaseException:
-                endpoint.breaker.release_trial()
+                breaker.release_trial()
                 raise
             else:
                 if answer.status_code is not None:
-                    endpoint.breaker.record_answer()
+                    if breaker.failures or breaker.state is not _CLOSED:
+                        breaker.record_answer()
                 elif answer.error_kind in NO_ANSWER:
-                    endpoint.breaker.record_failure(time.time())
+                    breaker.record_failure(time.time())
                 else:
-                    endpoint.breaker.release_trial()
+                    breaker.release_trial()
         else:
             answer = Answer(now, 0.0, error_kind=ErrorKind.CIRCUIT_OPEN,
                             error=f"no request: {endpoint.key} failed {endpoint.breaker.failures} times in a row; "
                                   f"circuit open until {_iso(endpoint.breaker.opened_until)}")
-        attempt = AttemptResult(answer.status_code, answer.error_kind, answer.retry_after)
-        decision = decide(attempt, job.row.attempt_count + 1, self.retry_policy, time.time())
+        code = answer.status_code
+        decision = self._delivered_decisions.get(code) if answer.retry_after is None else None
+        if decision is None:
+            attempt = AttemptResult(code, answer.error_kind, answer.retry_after)
+            decision = decide(attempt, job.row.attempt_count + 1, self.retry_policy, time.time())
+            if decision.outcome is _DELIVERED and code is not None and len(self._delivered_decisions) < 100:
+                # decide() answers a 2xx the same whatever the attempt and the time: keep it.
+                self._delivered_decisions[code] = decision
         return _Result(job, answer, headers, decision)
 
     # ------------------------------------------------------------ recording
@@ -614,9 +631,9 @@ class Dispatcher:
         stats.lost += len(results) - len(kept)
         for result in kept:
             outcome = result.decision.outcome
-            if outcome is Outcome.DELIVERED:
+            if outcome is _DELIVERED:
                 stats.delivered += 1
-            elif outcome is Outcome.FAILED:
+            elif outcome is _FAILED:
                 stats.failed += 1
             else:
                 stats.retried += 1
@@ -636,12 +653,12 @@ class Dispatcher:
     def _result_row(result: _Result, finished_at: datetime) -> store.ResultRow:
         decision = result.decision
         row = result.job.row
-        if decision.outcome is Outcome.RETRY:
+        if decision.outcome is _RETRY:
             status, next_at, finished = store.PENDING, decision.retry_at, None
         else:
-            status = store.DELIVERED if decision.outcome is Outcome.DELIVERED else store.FAILED
+            status = store.DELIVERED if decision.outcome is _DELIVERED else store.FAILED
             next_at, finished = result.answer.started_at, finished_at
-        last_error = None if decision.outcome is Outcome.DELIVERED else decision.reason[:1000]
+        last_error = None if decision.outcome is _DELIVERED else decision.reason[:1000]
         return store.ResultRow(row.id, status, row.attempt_count + 1, next_at, result.answer.status_code,
                                last_error, finished)
 

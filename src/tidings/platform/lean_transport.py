@@ -97,7 +97,8 @@ class _Target:
     """What is known of a URL before any request: where to connect, the
     start of every request's head, and the pool of its connections."""
 
-    __slots__ = ("refusal", "scheme", "host", "port", "literal", "server_hostname", "head_start", "pool")
+    __slots__ = ("refusal", "scheme", "host", "port", "literal", "server_hostname", "head_start", "head_lines",
+                 "pool")
 
     def __init__(self) -> None:
         self.refusal: str | None = None
@@ -107,6 +108,7 @@ class _Target:
         self.literal = False
         self.server_hostname: str | None = None
         self.head_start = ""
+        self.head_lines = 0  # lines in head_start
         self.pool: _Pool | None = None
 
 
@@ -202,6 +204,7 @@ def _target(url: str, policy: TargetPolicy) -> _Target:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         head.append(f"Authorization: Basic {base64.b64encode(pair).decode('ascii')}\r\n")
     target.head_start = "".join(head)
+    target.head_lines = target.head_start.count("\n")
     return target
 
 
@@ -362,7 +365,7 @@ class LeanTransport:
         self._targets: dict[str, _Target] = {}
         self._pools: dict[tuple, _Pool] = {}
         self._names: dict[str, tuple[float, list[tuple[int, str]]]] = {}  # host -> (expires, [(family, address)])
-        self._valid_names: set[str] = set()
+        self._header_kinds: dict[str, str] = {}  # header name -> _header_kind(name)
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -536,26 +539,28 @@ class LeanTransport:
         """The request's head as bytes; or, as a str, why the headers cannot be sent."""
         lines = [target.head_start]
         agent = True
-        valid = self._valid_names
+        kinds = self._header_kinds
         for name, value in headers.items():
-            if name not in valid:
-                if not name or not _TOKEN.issuperset(name):
-                    return f"the header name {name[:100]!r} is not an HTTP token"
-                if len(valid) < 10_000:
-                    valid.add(name)
-            lowered = name.lower()
-            if lowered in _FRAMING:
-                continue
-            if agent and lowered == "user-agent":
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _header_kind(name)
+                if len(kinds) < 10_000:
+                    kinds[name] = kind
+            if kind is _SENT:
+                lines.append(f"{name}: {value}\r\n")
+            elif kind is _AGENT:
                 agent = False
-            lines.append(f"{name}: {value}\r\n")
-        values = "".join(lines[1:])
-        if values.count("\n") != len(lines) - 1 or values.count("\r") != len(lines) - 1 or "\0" in values:
+                lines.append(f"{name}: {value}\r\n")
+            elif kind is not _FRAMING_HEADER:
+                return f"the header name {name[:100]!r} is not an HTTP token"
+        values = "".join(lines)
+        # One CR LF per line, the request line and Host included, and nothing else that ends a line.
+        count = len(lines) - 1 + target.head_lines
+        if values.count("\n") != count or values.count("\r") != count or "\0" in values:
             return "a header value holds a line break or NUL, which would break the request"
         if agent:
-            lines.append(f"User-Agent: {USER_AGENT}\r\n")
-        lines.append(f"Accept: */*\r\nContent-Length: {length}\r\n\r\n")
-        return "".join(lines).encode()
+            return f"{values}User-Agent: {USER_AGENT}\r\nAccept: */*\r\nContent-Length: {length}\r\n\r\n".encode()
+        return f"{values}Accept: */*\r\nContent-Length: {length}\r\n\r\n".encode()
 
     # -------------------------------------------------------------- results
 
@@ -578,6 +583,20 @@ class LeanTransport:
             await self._guard.close()
         elif self._resolver is not None:
             await self._resolver.close()
+
+
+_SENT, _AGENT, _FRAMING_HEADER, _INVALID = "sent", "agent", "framing", "invalid"
+
+
+def _header_kind(name: str) -> str:
+    """How a header name is treated: sent as given, the user agent, one of the
+    transport's own framing headers (not sent), or not a valid name."""
+    if not name or not _TOKEN.issuperset(name):
+        return _INVALID
+    lowered = name.lower()
+    if lowered in _FRAMING:
+        return _FRAMING_HEADER
+    return _AGENT if lowered == "user-agent" else _SENT
 
 
 def _expire_slot(waiter: asyncio.Future) -> None:
