@@ -222,24 +222,27 @@ async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence
     return 0
 
 
-def _same_conversation(other):
-    return and_(other.c.webhook_config_id == deliveries.c.webhook_config_id,
-                other.c.conversation_id == deliveries.c.conversation_id)
-
-
 _other = deliveries.alias("other")
+
+
+def _of_conversation(table):
+    # Bound, not correlated: each subquery runs once per statement, an index
+    # seek on ix_deliveries_order, however many deliveries wait behind it.
+    return and_(table.c.webhook_config_id == bindparam("b_config"),
+                table.c.conversation_id == bindparam("b_conversation"))
+
+
 _promote_head = (
     update(deliveries)
     .where(
-        deliveries.c.webhook_config_id == bindparam("b_config"),
-        deliveries.c.conversation_id == bindparam("b_conversation"),
+        _of_conversation(deliveries),
         _status_is(QUEUED),
         # the lowest sequence still waiting...
         deliveries.c.sequence == select(func.min(_other.c.sequence))
-        .where(_same_conversation(_other), _other.c.status == literal_column(f"'{QUEUED}'"))
+        .where(_of_conversation(_other), _other.c.status == literal_column(f"'{QUEUED}'"))
         .scalar_subquery(),
         # ...and nothing of the conversation being sent or due (a re-sent one, say)
-        ~exists().where(_same_conversation(_other),
+        ~exists().where(_of_conversation(_other),
                         _other.c.status.in_([literal_column(f"'{status}'") for status in HEAD_STATUSES])),
     )
     .values(status=PENDING, next_attempt_at=bindparam("b_now"))
