@@ -25,7 +25,8 @@ signature), and posted by the transport: ``lean`` (``LeanTransport``, the
 default) or ``aiohttp`` (``AiohttpTransport``), chosen with ``transport_kind``
 or the ``TIDINGS_TRANSPORT`` environment variable.
 
-What was measured to choose (``bench/dispatch.py``, SQLite, 100,000 pending
+What was measured to choose (the final figures are in ``docs/PERFORMANCE.md``,
+section Dispatcher; here ``bench/dispatch.py``, SQLite, 100,000 pending
 over 10 endpoints of the local sink, 2-core machine shared with other test
 suites, load average 4 to 7; CPU is the dispatcher process's user + system
 time per delivery, the aiosqlite thread included, which the machine's load

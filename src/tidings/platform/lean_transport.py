@@ -38,10 +38,10 @@ attempt without a request.
 Why it exists, measured on the 2-core development machine against
 ``bench/sink.py`` on 127.0.0.1 (10 endpoints, 256 requests in flight, uvloop,
 1,370-byte bodies, both clients in the same minute so that the machine's
-shared load was alike): ``AiohttpTransport`` 130 to 142 us of CPU per request
-(3,100 to 4,000/s), this transport 29 to 32 us (10,300 to 13,700/s). In the
-dispatcher, aiohttp's request path had been 42 % of the event loop; see
-``docs/PERFORMANCE.md``, section Dispatcher.
+shared load was alike): ``AiohttpTransport`` 79 to 142 us of CPU per request
+(3,100 to 12,600/s as the load allowed), this transport 19 to 32 us (10,300
+to 53,500/s). In the dispatcher, aiohttp's request path had been 42 % of the
+event loop; see ``docs/PERFORMANCE.md``, section Dispatcher.
 """
 
 from __future__ import annotations
