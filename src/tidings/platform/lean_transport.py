@@ -59,7 +59,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httptools
 
 from tidings.platform.retry import ErrorKind
-from tidings.platform.sender import EXCERPT_CHARACTERS, USER_AGENT, Answer
+from tidings.platform.sender import EXCERPT_CHARACTERS, USER_AGENT, Answer, _describe, _excerpt
 from tidings.platform.targets import GuardedResolver, RefusedAddress, TargetPolicy, TargetRefused, check_target_url
 
 __all__ = ["DRAIN_LIMIT", "EXCERPT_BYTES", "IDLE_SECONDS", "MAX_HEAD", "LeanTransport"]
@@ -609,15 +609,6 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_exception(_Stalled())
 
 
-def _excerpt(data: bytes) -> str | None:
-    if not data:
-        return None
-    return data.decode("utf-8", errors="replace")[:EXCERPT_CHARACTERS]
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:500]
 
 
 _ssl_context: ssl.SSLContext | None = None
