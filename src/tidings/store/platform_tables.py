@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     Column,
     Float,
@@ -26,11 +25,8 @@ from sqlalchemy import (
 )
 
 from tidings.store.metadata import metadata
-from tidings.store.types import UTCDateTime
+from tidings.store.types import Id, UTCDateTime
 
-# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (autoincrement);
-# PostgreSQL gets a 64-bit identity.
-Id = BigInteger().with_variant(Integer(), "sqlite")
 
 organizations = Table(
     "organizations",

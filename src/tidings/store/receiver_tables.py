@@ -7,7 +7,6 @@ handler runner, identical on both engines.
 
 from __future__ import annotations
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,32 +18,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.engine import Engine
 
 from tidings.store.metadata import metadata
+from tidings.store.types import Id, JsonText
 
-class JsonText(TypeDecorator):
-    """A JSON document kept as text, written and read with orjson.
-
-    The projector writes a snapshot per message and per conversation; the
-    standard library's encoder behind ``sqlalchemy.JSON`` was its largest cost.
-    """
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        return None if value is None else orjson.dumps(value).decode()
-
-    def process_result_value(self, value, dialect):
-        return None if value is None else orjson.loads(value)
-
-
-# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid; PostgreSQL gets 64 bits.
-Id = BigInteger().with_variant(Integer(), "sqlite")
 
 # The log: every authentic event, raw bytes as received, in commit order.
 # ``id`` is the log position that readers page by (``GET /events?after=ID``).

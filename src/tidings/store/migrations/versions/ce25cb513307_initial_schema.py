@@ -71,7 +71,7 @@ def upgrade() -> None:
     sa.Column('org_id', sa.BigInteger(), nullable=True),
     sa.Column('event_id', sa.BigInteger(), nullable=False),
     sa.Column('applied_rank', sa.BigInteger(), nullable=False),
-    sa.Column('snapshot', tidings.store.receiver_tables.JsonText(), nullable=False),
+    sa.Column('snapshot', tidings.store.types.JsonText(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_inbox_conversations'))
     )
     op.create_table('receiver_inbox_messages',
@@ -82,7 +82,7 @@ def upgrade() -> None:
     sa.Column('is_deleted', sa.Boolean(), nullable=False),
     sa.Column('snapshot_event_type', sa.String(length=200), nullable=False),
     sa.Column('event_id', sa.BigInteger(), nullable=False),
-    sa.Column('snapshot', tidings.store.receiver_tables.JsonText(), nullable=False),
+    sa.Column('snapshot', tidings.store.types.JsonText(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_receiver_inbox_messages'))
     )
     with op.batch_alter_table('receiver_inbox_messages', schema=None) as batch_op:
