@@ -22,20 +22,10 @@ from tidings.store.engine import create_engine, create_sync_engine
 
 
 def create_schema(url: str) -> None:
-    """The newest schema: the migrations once they exist, else the tables in code."""
-    from tidings.store.migrate import head_revision, upgrade
+    """The newest schema, built by the migrations."""
+    from tidings.store.migrate import upgrade
 
-    if head_revision() != "base":
-        upgrade(url)
-        return
-    from tidings.store import all_tables  # noqa: F401  (registers every table)
-    from tidings.store.metadata import metadata
-
-    engine = create_sync_engine(url)
-    try:
-        metadata.create_all(engine)
-    finally:
-        engine.dispose()
+    upgrade(url)
 
 
 def platform_settings(db_url: str, **partners: Any) -> PlatformSettings:
