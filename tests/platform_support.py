@@ -18,7 +18,7 @@ from tidings.platform import tenants
 from tidings.platform.api.app import create_app
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.settings import DeliverySettings, PartnerSettings, PlatformSettings
-from tidings.store.engine import create_engine, create_sync_engine
+from tidings.store.engine import create_engine
 
 
 def create_schema(url: str) -> None:
