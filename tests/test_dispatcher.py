@@ -313,7 +313,7 @@ async def test_results_of_a_delivery_handed_to_another_worker_are_not_written(db
         async with engine.begin() as conn:
             held = await store.still_held(conn, worker_id="w1", delivery_ids=[r.id for r in claimed], postgres=postgres)
             assert held == set()
-            await store.apply_results(conn, worker_id="w1", rows=[
+            await store.apply_results(conn, worker_id="w1", now=now, postgres=postgres, rows=[
                 store.ResultRow(r.id, "failed", 1, now, 500, "late", datetime.now(UTC)) for r in claimed])
         rows = {row.id: row for row in await delivery_rows(engine)}
         assert rows[taken[0].id].status == "delivering" and rows[taken[0].id].worker_id == "w2"

@@ -221,6 +221,7 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
         await add_conversation_events(engine, signer, org_id, 4, 1)
         async with engine.begin() as conn:
             ids = (await conn.execute(select(deliveries.c.id).order_by(deliveries.c.sequence))).scalars().all()
+            conversation_of = dict((await conn.execute(select(deliveries.c.id, deliveries.c.conversation_id))).all())
             assert [r for r in (await conn.execute(select(deliveries.c.status).order_by(deliveries.c.sequence))
                                 ).scalars()] == ["pending", "queued", "queued", "queued"]
             # the first two finished (one failed), the third is now the head
@@ -232,14 +233,16 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
             assert statuses == {ids[0]: "failed", ids[1]: "queued", ids[2]: "pending", ids[3]: "queued"}
             # the head finishes: the re-sent one (lower sequence) goes next, not the fourth
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[2]).values(status="delivered"))
-            await store.promote_next(conn, [ids[2]], now=time.time())
+            claimed = await store.promote_and_claim(conn, [(ids[2], config_id, conversation_of[ids[2]])], worker_id="w",
+                                                    now=time.time(), postgres=engine.dialect.name == "postgresql")
+            assert [row.id for row in claimed] == [ids[1]]
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
-            assert statuses == {ids[0]: "failed", ids[1]: "pending", ids[2]: "delivered", ids[3]: "queued"}
-            # recovering the failed first one queues it behind the pending head
+            assert statuses == {ids[0]: "failed", ids[1]: "delivering", ids[2]: "delivered", ids[3]: "queued"}
+            # recovering the failed first one queues it behind the head being sent
             since = (await conn.execute(select(func.min(deliveries.c.created_at)))).scalar_one()
             assert await store.recover(conn, config_id=config_id, since=since, paused=False, now=time.time()) == 1
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
-            assert statuses[ids[0]] == "queued" and statuses[ids[1]] == "pending"
+            assert statuses[ids[0]] == "queued" and statuses[ids[1]] == "delivering"
             # ordering off: nothing waits any more
             await store.ordering_changed(conn, config_id=config_id, ordering="none", now=time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())

@@ -8,14 +8,16 @@ A delivery moves through these states::
        +----reap stalled---+   (its worker stopped beating)
     held <--pause / resume--> pending   (the configuration is paused)
     delivered | failed --resend / recover--> pending (or held while paused)
-    queued --promote--> pending   (ordered delivery: the one before it finished)
+    queued --promote--> pending, or --promote and claim--> delivering
+                  (ordered delivery: the one before it finished)
 
 Ordered delivery (a configuration's ``ordering`` is ``"conversation"``): of
 the deliveries of one configuration and conversation, at most one is
 ``pending``, ``delivering`` or ``held`` at a time (the head); the others
 wait ``queued`` in sequence order. When the head finishes, the next is
-promoted in the same transaction. So the claim itself never looks at
-ordering: it stays one statement over ``pending`` rows, on both engines.
+promoted in the same transaction, and claimed at once by the worker that
+finished it. So the claim itself never looks at ordering: it stays one
+statement over ``pending`` rows, on both engines.
 
 Rules every statement here keeps:
 
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from sqlalchemy import JSON, TypeDecorator, and_, bindparam, delete, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy import JSON, TypeDecorator, and_, bindparam, delete, exists, func, insert, literal_column, or_, select, tuple_, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -180,7 +182,8 @@ async def still_held(conn: AsyncConnection, *, worker_id: str, delivery_ids: Seq
 @dataclass(frozen=True, slots=True)
 class ResultRow:
     """The state an attempt leaves its delivery in: ``pending`` again (a
-    retry, at ``next_attempt_at``), ``delivered`` or ``failed``."""
+    retry, at ``next_attempt_at``), ``delivered`` or ``failed``. The
+    configuration and conversation, as claimed, say whose turn comes next."""
 
     delivery_id: int
     status: str
@@ -189,6 +192,8 @@ class ResultRow:
     last_status_code: int | None
     last_error: str | None
     finished_at: datetime | None
+    webhook_config_id: int | None = None
+    conversation_id: int | None = None
 
 
 _apply_result = (
@@ -201,28 +206,39 @@ _apply_result = (
 )
 
 
-async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow]) -> int:
+async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow], now: float,
+                        postgres: bool) -> list[Row]:
     """Finish or reschedule deliveries after their attempts (one ``executemany``),
-    each guarded by ``delivering`` and ``worker_id``, then promote the next
-    delivery of each ordered conversation whose head finished. Call
-    ``still_held`` first, in the same transaction, and pass only the rows it returned.
-    Returns how many deliveries were promoted (they are due now)."""
+    each guarded by ``delivering`` and ``worker_id``; then, for each ordered
+    conversation whose head finished, the next delivery is promoted and
+    claimed by ``worker_id`` at once (``promote_and_claim``). Call
+    ``still_held`` first, in the same transaction, and pass only the rows it
+    returned. Returns the deliveries claimed so (as ``claim_due`` does)."""
     if not rows:
-        return 0
+        return []
     await conn.execute(_apply_result, [
         {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
          "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
          "b_error": r.last_error, "b_finished": r.finished_at}
         for r in rows])
-    finished = [r for r in rows if r.status in FINAL_STATUSES]
-    if finished:
-        now = max(r.finished_at.timestamp() for r in finished if r.finished_at is not None) if any(
-            r.finished_at is not None for r in finished) else 0.0
-        return await promote_next(conn, [r.delivery_id for r in finished], now=now)
-    return 0
+    finished = [r for r in rows if r.conversation_id is not None and r.status in FINAL_STATUSES]
+    if not finished:
+        return []
+    # The ordering as it is now, not as it was at the claim: a configuration
+    # switched to ordered meanwhile already queues new events behind this one.
+    ordered = set((await conn.execute(
+        select(webhook_configs.c.id).where(webhook_configs.c.id.in_({r.webhook_config_id for r in finished}),
+                                           webhook_configs.c.ordering == ORDERED))).scalars())
+    if not ordered:
+        return []
+    return await promote_and_claim(
+        conn, [(r.delivery_id, r.webhook_config_id, r.conversation_id) for r in finished
+               if r.webhook_config_id in ordered], worker_id=worker_id, now=now, postgres=postgres)
 
 
 _other = deliveries.alias("other")
+_finished = deliveries.alias("finished")
+_head = deliveries.alias("head")
 
 
 def _of_conversation(table):
@@ -230,6 +246,14 @@ def _of_conversation(table):
     # seek on ix_deliveries_order, however many deliveries wait behind it.
     return and_(table.c.webhook_config_id == bindparam("b_config"),
                 table.c.conversation_id == bindparam("b_conversation"))
+
+
+def _same_conversation(table, as_):
+    return and_(table.c.webhook_config_id == as_.c.webhook_config_id, table.c.conversation_id == as_.c.conversation_id)
+
+
+def _is_head_status(table):
+    return table.c.status.in_([literal_column(f"'{status}'") for status in HEAD_STATUSES])
 
 
 _promote_head = (
@@ -242,36 +266,60 @@ _promote_head = (
         .where(_of_conversation(_other), _other.c.status == literal_column(f"'{QUEUED}'"))
         .scalar_subquery(),
         # ...and nothing of the conversation being sent or due (a re-sent one, say)
-        ~exists().where(_of_conversation(_other),
-                        _other.c.status.in_([literal_column(f"'{status}'") for status in HEAD_STATUSES])),
+        ~exists().where(_of_conversation(_other), _is_head_status(_other)),
     )
     .values(status=PENDING, next_attempt_at=bindparam("b_now"))
 )
 
+# One statement for a whole batch of finished heads: for each, the lowest
+# queued delivery of its conversation (one seek on ix_deliveries_order, which
+# ends with the sequence), unless something of the conversation is being
+# sent or due, goes straight to ``delivering``. Promoting to ``pending`` and
+# claiming afterwards wrote each row twice and cost a statement per
+# conversation: measured with a transport that answers at once, 30,000
+# deliveries over 1,000 conversations, 285 us of CPU per delivery that way
+# against 179 us without ordering.
+_promote_and_claim = (
+    update(deliveries)
+    .where(
+        _status_is(QUEUED),
+        deliveries.c.id.in_(
+            select(
+                select(_other.c.id)
+                .where(_same_conversation(_other, _finished), _other.c.status == literal_column(f"'{QUEUED}'"))
+                .order_by(_other.c.sequence).limit(1).scalar_subquery())
+            .where(_finished.c.id.in_(bindparam("b_finished", expanding=True)),
+                   ~exists().where(_same_conversation(_head, _finished), _is_head_status(_head)))),
+    )
+    .values(status=DELIVERING, worker_id=bindparam("b_worker"), next_attempt_at=bindparam("b_now"))
+    .returning(*CLAIMED_COLUMNS)
+)
 
-async def promote_next(conn: AsyncConnection, finished_ids: Sequence[int], *, now: float) -> int:
-    """Promote: for each ordered conversation whose delivery in ``finished_ids``
-    finished, the next ``queued`` one becomes ``pending``.
+
+async def promote_and_claim(conn: AsyncConnection, finished: Sequence[tuple[int, int, int]], *, worker_id: str,
+                            now: float, postgres: bool) -> list[Row]:
+    """Promote and claim: for each ``(delivery id, configuration, conversation)``
+    of an ordered conversation whose delivery finished, the next ``queued`` one
+    becomes ``delivering`` by ``worker_id``: it is due now, and claiming it in
+    the same write spares writing it twice. Returns the rows claimed (as
+    ``claim_due`` does).
 
     On PostgreSQL the conversations' sequence rows are locked first, in one
     order: a writer adding an event to the same conversation holds that row
     until it commits (``outbox.record_events``), so a promotion never misses
     a delivery that was queued behind the one finishing.
     """
-    pairs = sorted({(row.webhook_config_id, row.conversation_id) for row in (await conn.execute(
-        select(deliveries.c.webhook_config_id, deliveries.c.conversation_id)
-        .join(webhook_configs, webhook_configs.c.id == deliveries.c.webhook_config_id)
-        .where(deliveries.c.id.in_(list(finished_ids)), deliveries.c.conversation_id.is_not(None),
-               webhook_configs.c.ordering == ORDERED)))})
-    if not pairs:
-        return 0
-    if conn.dialect.name == "postgresql":
-        for config_id, conversation_id in pairs:
-            await conn.execute(select(delivery_sequences.c.last_sequence).where(
-                delivery_sequences.c.webhook_config_id == config_id,
-                delivery_sequences.c.conversation_id == conversation_id).with_for_update())
-    promoted = await conn.execute(_promote_head, [{"b_config": c, "b_conversation": v, "b_now": now} for c, v in pairs])
-    return promoted.rowcount
+    if not finished:
+        return []
+    if postgres:
+        pairs = sorted({(config_id, conversation_id) for _, config_id, conversation_id in finished})
+        await conn.execute(
+            select(delivery_sequences.c.last_sequence)
+            .where(tuple_(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id).in_(pairs))
+            .order_by(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id)
+            .with_for_update())
+    return list((await conn.execute(_promote_and_claim, {
+        "b_finished": [delivery_id for delivery_id, _, _ in finished], "b_worker": worker_id, "b_now": now})).all())
 
 
 async def promote_heads(conn: AsyncConnection, *, config_id: int, now: float) -> int:

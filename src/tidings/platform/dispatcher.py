@@ -241,7 +241,6 @@ class Dispatcher:
         self._releases: list[store.ReleaseRow] = []
         self._next_claim_at = 0.0
         self._nothing_due = False  # the last claim found nothing due, and nothing will be
-        self._promoted = False  # the results just written promoted ordered deliveries
         self._stopping = False
         self._signal = asyncio.Event()  # something changed: the cycle loop looks again
         self._delivered_decisions: dict[int, Decision] = {}  # by 2xx status
@@ -385,9 +384,9 @@ class Dispatcher:
         due: float | None = None
         try:
             async with self._writing() as conn:
-                self._promoted = False
-                kept = await self._record(conn, results, releases) if results or releases else []
-                if self._promoted and not claim_limit and not self._stopping:
+                kept, claimed = await self._record(conn, results, releases, now) if results or releases else ([], [])
+                if claimed and not claim_limit and not self._stopping:
+                    # ordered deliveries became due and were claimed: claim the rest now too
                     claim_limit = max(0, self.capacity - self._in_process)
                 if claim_limit:
                     while len(claimed) < claim_limit:
@@ -397,11 +396,11 @@ class Dispatcher:
                         claimed += chunk
                         if len(chunk) < limit:
                             break
-                    if claimed:
-                        bodies = await store.load_bodies(conn, [row.event_id for row in claimed])
-                        configs = await store.load_configurations(conn, [row.webhook_config_id for row in claimed])
                     if len(claimed) < claim_limit:
                         due = await store.next_due_at(conn)
+                if claimed:
+                    bodies = await store.load_bodies(conn, [row.event_id for row in claimed])
+                    configs = await store.load_configurations(conn, [row.webhook_config_id for row in claimed])
         except Exception:
             log.exception("a dispatcher cycle failed; its results are kept and written again")
             self._results[:0] = results
@@ -417,7 +416,7 @@ class Dispatcher:
                 self._next_claim_at = 0.0  # nothing else to do: find out now
         self.stats.claimed += len(claimed)
         if claim_limit:
-            if len(claimed) == claim_limit:
+            if len(claimed) >= claim_limit:
                 self._next_claim_at = 0.0  # probably more: claim again at once
             else:
                 self._next_claim_at = now + self.poll_interval if due is None else min(due, now + self.poll_interval)
@@ -430,10 +429,11 @@ class Dispatcher:
                 self._next_claim_at = max(self._next_claim_at, now + self.poll_interval)
         return True
 
-    async def _record(self, conn: AsyncConnection, results: list[_Result],
-                      releases: list[store.ReleaseRow]) -> list[_Result]:
+    async def _record(self, conn: AsyncConnection, results: list[_Result], releases: list[store.ReleaseRow],
+                      now: float) -> tuple[list[_Result], list[Row]]:
         """Write attempts and the deliveries' new states; returns the results
-        whose delivery this worker still held (the others were left alone)."""
+        whose delivery this worker still held (the others were left alone),
+        and the ordered deliveries whose turn came and that were claimed."""
         finished_at = datetime.now(UTC)
         # The attempt rows go first: on SQLite that write takes the lock, so the
         # ownership check below cannot be outdated by the time the updates run.
@@ -441,9 +441,8 @@ class Dispatcher:
         held = await store.still_held(conn, worker_id=self.worker_id, postgres=self._postgres,
                                       delivery_ids=[result.job.row.id for result in results])
         kept = [result for result in results if result.job.row.id in held]
-        if await store.apply_results(conn, worker_id=self.worker_id,
-                                     rows=[self._result_row(result, finished_at) for result in kept]):
-            self._promoted = True  # ordered deliveries became due: claim them in this transaction
+        claimed = await store.apply_results(conn, worker_id=self.worker_id, now=now, postgres=self._postgres,
+                                            rows=[self._result_row(result, finished_at) for result in kept])
         await store.release(conn, worker_id=self.worker_id, rows=releases)
         for result in kept:
             if result.decision.pause_configuration:
@@ -453,7 +452,7 @@ class Dispatcher:
             for result in kept:
                 if result.decision.outcome is not _RETRY:
                     await self.on_final(conn, result.job.row, result.decision.outcome is _DELIVERED)
-        return kept
+        return kept, claimed
 
     def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float) -> int:
         """Queue claimed deliveries at their endpoints; returns how many were
@@ -665,7 +664,7 @@ class Dispatcher:
             next_at, finished = result.answer.started_at, finished_at
         last_error = None if decision.outcome is _DELIVERED else decision.reason[:1000]
         return store.ResultRow(row.id, status, row.attempt_count + 1, next_at, result.answer.status_code,
-                               last_error, finished)
+                               last_error, finished, row.webhook_config_id, row.conversation_id)
 
     # ------------------------------------------------------------ liveness
 
