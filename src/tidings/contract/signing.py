@@ -334,9 +334,14 @@ class Signer:
     def vendor_header(self) -> str:
         return f"{self.vendor_prefix}-Signature-v1"
 
+    def _ed25519_sign(self, message: bytes) -> bytes:
+        """The one Ed25519 primitive; a subclass may sign with another library
+        (the signature is deterministic, so the bytes are the same)."""
+        return self.private_key.sign(message)
+
     def vendor_signature(self, body: bytes) -> str:
         """The base64 Ed25519 signature of the raw body, for the vendor header."""
-        return _b64encode(self.private_key.sign(body))
+        return _b64encode(self._ed25519_sign(body))
 
     def sign(
         self,
@@ -378,7 +383,7 @@ class Signer:
         The arguments are not checked here (``sign`` checks them).
         """
         content = _signed_content(msg_id, str(timestamp), body)
-        signatures = [f"{V1A},{_b64encode(self.private_key.sign(content))}"]
+        signatures = [f"{V1A},{_b64encode(self._ed25519_sign(content))}"]
         signatures += [
             f"{V1},{_b64encode(hmac.digest(secret_bytes(secret), content, 'sha256'))}" for secret in secrets
         ]

@@ -86,6 +86,7 @@ from tidings.platform.circuit import CircuitBreaker, CircuitPolicy, CircuitState
 from tidings.platform.retry import AttemptResult, Decision, ErrorKind, Outcome, RetryPolicy, decide
 from tidings.platform.sender import DEFAULT_TRANSPORT, TRANSPORTS, Answer, Outgoing, Transport, new_transport, sign_and_post
 from tidings.platform.settings import DeliverySettings
+from tidings.platform.sodium import sodium_signer
 from tidings.platform.targets import TargetPolicy
 
 __all__ = ["Dispatcher", "DispatcherStats", "OnFinal", "new_worker_id"]
@@ -197,7 +198,7 @@ class Dispatcher:
                  circuit: CircuitPolicy | None = None, poll_interval: float = 0.5,
                  flush_interval: float = 0.02, queue_budget: float = 2.0, hand_back_delay: float = 1.0) -> None:
         self.engine = engine
-        self.signer = signer
+        self.signer = sodium_signer(signer)  # the same signatures, for less than half the CPU
         self.settings = settings or DeliverySettings()
         self.worker_id = worker_id or new_worker_id()
         self.on_final = on_final
