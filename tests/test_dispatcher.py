@@ -320,6 +320,53 @@ async def test_results_of_a_delivery_handed_to_another_worker_are_not_written(db
         assert {row.status for row in rows.values()} == {"delivering", "pending"}  # nothing overwritten
 
 
+async def test_batched_writes_touch_only_what_the_worker_holds_and_keep_every_field(db_url):
+    """The writes of a cycle (attempts, results, hand-backs) are one statement each on
+    PostgreSQL and an executemany on SQLite: both keep the guard and every value."""
+    async with database(db_url) as engine:
+        signer = new_signer()
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, "http://127.0.0.1:9/never")
+        await add_events(engine, signer, org_id, 5)
+        postgres = engine.dialect.name == "postgresql"
+        now = time.time()
+        started = datetime(2026, 11, 29, 12, 0, 0, 250000, tzinfo=UTC)
+        async with engine.begin() as conn:
+            claimed = sorted(row.id for row in await store.claim_due(conn, worker_id="w1", now=now, limit=5,
+                                                                     postgres=postgres))
+            assert len(claimed) == 5
+            # one of them was handed to another worker meanwhile
+            await conn.execute(update(deliveries).where(deliveries.c.id == claimed[4]).values(worker_id="w2"))
+            await store.record_attempts(conn, [store.AttemptRow(
+                delivery_id=delivery_id, number=1, started_at=started, duration_ms=12.5, status_code=code,
+                response_excerpt=excerpt, error=error, request_headers={"webhook-id": f"msg_{delivery_id}"},
+                worker_id="w1") for delivery_id, code, excerpt, error in (
+                    (claimed[0], 200, "ok", None), (claimed[1], 503, "busy", "http 503"),
+                    (claimed[2], None, None, "timeout: no answer"))])
+            await store.apply_results(conn, worker_id="w1", now=now, postgres=postgres, rows=[
+                store.ResultRow(claimed[0], "delivered", 1, now, 200, None, started),
+                store.ResultRow(claimed[1], "pending", 1, now + 30, 503, "http 503", None),
+                store.ResultRow(claimed[4], "failed", 1, now, 500, "not mine", started)])
+            await store.release(conn, worker_id="w1", rows=[
+                store.ReleaseRow(claimed[2], "held", now + 5), store.ReleaseRow(claimed[3], "pending", now + 7),
+                store.ReleaseRow(claimed[4], "pending", now + 9)])
+        rows = {row.id: row for row in await delivery_rows(engine)}
+        first, second, third, fourth, other = (rows[i] for i in claimed)
+        assert (first.status, first.attempt_count, first.last_status_code, first.worker_id) == ("delivered", 1, 200, None)
+        assert first.finished_at == started
+        assert (second.status, second.next_attempt_at, second.last_error) == ("pending", now + 30, "http 503")
+        assert second.finished_at is None
+        assert (third.status, third.next_attempt_at, third.worker_id) == ("held", now + 5, None)
+        assert (fourth.status, fourth.next_attempt_at) == ("pending", now + 7)
+        assert (other.status, other.worker_id, other.attempt_count) == ("delivering", "w2", 0)  # left alone
+        attempts = sorted(await attempt_rows(engine), key=lambda row: row.delivery_id)
+        assert [(a.delivery_id, a.status_code, a.response_excerpt, a.error) for a in attempts] == [
+            (claimed[0], 200, "ok", None), (claimed[1], 503, "busy", "http 503"),
+            (claimed[2], None, None, "timeout: no answer")]
+        assert all(a.started_at == started and a.duration_ms == 12.5 and a.worker_id == "w1" for a in attempts)
+        assert [a.request_headers for a in attempts] == [{"webhook-id": f"msg_{i}"} for i in claimed[:3]]
+
+
 async def test_claim_takes_due_pending_deliveries_oldest_first_through_the_partial_index(db_url):
     async with database(db_url) as engine:
         signer = new_signer()

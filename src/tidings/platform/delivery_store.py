@@ -30,7 +30,9 @@ Rules every statement here keeps:
   someone else owns the row now: callers handle it and never overwrite.
 - Stalled work is found by worker heartbeat (table ``workers``), never by age.
 
-Writes that follow one claimed batch are batched too (``executemany``).
+Writes that follow one claimed batch are batched too: ``executemany`` on
+SQLite; on PostgreSQL one statement over arrays (``unnest``), since there an
+``executemany`` is one execution per row on the server.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from sqlalchemy import JSON, TypeDecorator, and_, bindparam, delete, exists, func, insert, literal_column, or_, select, tuple_, update
+from sqlalchemy import JSON, TypeDecorator, and_, bindparam, delete, exists, func, insert, literal_column, or_, select, text, tuple_, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -155,10 +157,36 @@ class _JSONText(TypeDecorator):
 _record_attempt = insert(attempts).values(request_headers=bindparam("b_headers", type_=_JSONText()))
 
 
+# On PostgreSQL the rows of a batch go as one array per column, in one
+# statement: an ``executemany`` there is one execution per row on the server
+# (asyncpg pipelines them, but each is planned and run alone). Measured with
+# a transport that answers at once, 30,000 deliveries: the attempts' insert
+# took 49.5 us per delivery as ``executemany``, the results' update 70.7 us.
+_record_attempts_pg = text("""
+INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, response_excerpt, error,
+                      request_headers, worker_id)
+SELECT a.delivery_id, a.number, a.started_at, a.duration_ms, a.status_code, a.response_excerpt, a.error,
+       CAST(a.request_headers AS JSON), a.worker_id
+FROM unnest(CAST(:delivery_ids AS BIGINT[]), CAST(:numbers AS INTEGER[]), CAST(:started AS TIMESTAMPTZ[]),
+            CAST(:durations AS DOUBLE PRECISION[]), CAST(:codes AS INTEGER[]), CAST(:excerpts AS VARCHAR[]),
+            CAST(:errors AS VARCHAR[]), CAST(:headers AS TEXT[]), CAST(:workers AS VARCHAR[]))
+     AS a(delivery_id, number, started_at, duration_ms, status_code, response_excerpt, error, request_headers,
+          worker_id)
+""")
+
+
 async def record_attempts(conn: AsyncConnection, rows: Sequence[AttemptRow]) -> None:
-    """Record attempts (one ``executemany``). Attempts are facts: they are
+    """Record attempts (one statement). Attempts are facts: they are
     recorded even for a delivery whose lease was lost meanwhile."""
-    if rows:
+    if rows and conn.dialect.name == "postgresql":
+        await conn.execute(_record_attempts_pg, {
+            "delivery_ids": [r.delivery_id for r in rows], "numbers": [r.number for r in rows],
+            "started": [r.started_at for r in rows], "durations": [r.duration_ms for r in rows],
+            "codes": [r.status_code for r in rows], "excerpts": [r.response_excerpt for r in rows],
+            "errors": [r.error for r in rows],
+            "headers": [orjson.dumps(r.request_headers).decode() for r in rows],
+            "workers": [r.worker_id for r in rows]})
+    elif rows:
         await conn.execute(_record_attempt, [
             {"delivery_id": r.delivery_id, "number": r.number, "started_at": r.started_at,
              "duration_ms": r.duration_ms, "status_code": r.status_code, "response_excerpt": r.response_excerpt,
@@ -206,9 +234,29 @@ _apply_result = (
 )
 
 
+_apply_results_pg = text("""
+UPDATE deliveries SET status = r.status, attempt_count = r.attempt_count, next_attempt_at = r.next_attempt_at,
+       last_status_code = r.last_status_code, last_error = r.last_error, finished_at = r.finished_at,
+       worker_id = NULL
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:statuses AS VARCHAR[]), CAST(:attempt_counts AS INTEGER[]),
+            CAST(:nexts AS DOUBLE PRECISION[]), CAST(:codes AS INTEGER[]), CAST(:errors AS VARCHAR[]),
+            CAST(:finished AS TIMESTAMPTZ[]), CAST(:expected AS VARCHAR[]), CAST(:workers AS VARCHAR[]))
+     AS r(id, status, attempt_count, next_attempt_at, last_status_code, last_error, finished_at, expected, worker)
+WHERE deliveries.id = ANY(CAST(:ids AS BIGINT[])) AND deliveries.id = r.id
+  AND deliveries.status = r.expected AND deliveries.worker_id = r.worker
+""")
+# The guard (``delivering`` by this worker) is compared with columns of the
+# arrays, not with constants, and the rows are found by ``id = ANY``: the
+# statistics, taken while nothing was being sent, say that such rows are
+# all but absent, and with constants PostgreSQL scanned the table for them
+# and joined each with every element of the arrays (3.1 s for 2,000 rows at
+# 30,000 deliveries). This way it reads each row by its primary key
+# (27 to 46 us per row, the update included).
+
+
 async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ResultRow], now: float,
                         postgres: bool) -> list[Row]:
-    """Finish or reschedule deliveries after their attempts (one ``executemany``),
+    """Finish or reschedule deliveries after their attempts (one statement),
     each guarded by ``delivering`` and ``worker_id``; then, for each ordered
     conversation whose head finished, the next delivery is promoted and
     claimed by ``worker_id`` at once (``promote_and_claim``). Call
@@ -216,11 +264,19 @@ async def apply_results(conn: AsyncConnection, *, worker_id: str, rows: Sequence
     returned. Returns the deliveries claimed so (as ``claim_due`` does)."""
     if not rows:
         return []
-    await conn.execute(_apply_result, [
-        {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
-         "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
-         "b_error": r.last_error, "b_finished": r.finished_at}
-        for r in rows])
+    if postgres:
+        await conn.execute(_apply_results_pg, {
+            "ids": [r.delivery_id for r in rows], "statuses": [r.status for r in rows],
+            "attempt_counts": [r.attempt_count for r in rows], "nexts": [r.next_attempt_at for r in rows],
+            "codes": [r.last_status_code for r in rows], "errors": [r.last_error for r in rows],
+            "finished": [r.finished_at for r in rows], "expected": [DELIVERING] * len(rows),
+            "workers": [worker_id] * len(rows)})
+    else:
+        await conn.execute(_apply_result, [
+            {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status,
+             "b_attempt_count": r.attempt_count, "b_next": r.next_attempt_at, "b_code": r.last_status_code,
+             "b_error": r.last_error, "b_finished": r.finished_at}
+            for r in rows])
     finished = [r for r in rows if r.conversation_id is not None and r.status in FINAL_STATUSES]
     if not finished:
         return []
@@ -362,10 +418,25 @@ _release = (
 )
 
 
+_release_pg = text("""
+UPDATE deliveries SET status = r.status, next_attempt_at = r.next_attempt_at, worker_id = NULL
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:statuses AS VARCHAR[]), CAST(:nexts AS DOUBLE PRECISION[]),
+            CAST(:expected AS VARCHAR[]), CAST(:workers AS VARCHAR[]))
+     AS r(id, status, next_attempt_at, expected, worker)
+WHERE deliveries.id = ANY(CAST(:ids AS BIGINT[])) AND deliveries.id = r.id
+  AND deliveries.status = r.expected AND deliveries.worker_id = r.worker
+""")  # one statement, written as _apply_results_pg (see there why)
+
+
 async def release(conn: AsyncConnection, *, worker_id: str, rows: Sequence[ReleaseRow]) -> None:
-    """Hand claimed deliveries back without an attempt (one ``executemany``).
+    """Hand claimed deliveries back without an attempt (one statement).
     A row no longer held by ``worker_id`` is left alone: its new owner decides."""
-    if rows:
+    if rows and conn.dialect.name == "postgresql":
+        await conn.execute(_release_pg, {
+            "ids": [r.delivery_id for r in rows], "statuses": [r.status for r in rows],
+            "nexts": [r.next_attempt_at for r in rows], "expected": [DELIVERING] * len(rows),
+            "workers": [worker_id] * len(rows)})
+    elif rows:
         await conn.execute(_release, [
             {"b_id": r.delivery_id, "b_worker": worker_id, "b_status": r.status, "b_next": r.next_attempt_at}
             for r in rows])
