@@ -11,7 +11,7 @@ their number (batched ingestion); ``record_event`` is the same for one.
 Sequence numbers are taken with one atomic upsert, and the rows of
 ``delivery_sequences`` stay locked until the transaction ends: that
 serialises the writers of one conversation with the dispatcher's promotions
-(``delivery_store.promote_next``), so a promotion never misses a delivery
+(``delivery_store.promote_and_claim``), so a promotion never misses a delivery
 queued behind the one finishing.
 """
 
