@@ -105,7 +105,7 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     """Serves the API on ``host:port`` (and delivers) until stopped by a signal or ``stop``."""
     import uvicorn
 
-    from tidings.platform.api.app import create_app
+    from tidings.platform.api.app import create_app, http_protocol
     from tidings.platform.api.context import PlatformContext
     from tidings.platform.conversations import delivery_final_callback
     from tidings.platform.dispatcher import Dispatcher
@@ -113,9 +113,10 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
 
     engine = create_engine(settings.db_url)
     app = create_app(PlatformContext(settings=settings, engine=engine, signer=signer))
-    # A short graceful shutdown: the dashboard's live pages hold streams open.
+    # A short graceful shutdown: the dashboard's live pages hold streams open. The
+    # http protocol answers custom-channel ingestion without ASGI (fast_ingest).
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=3))
+                                           timeout_graceful_shutdown=3, http=http_protocol()))
     stop = stop or asyncio.Event()
     tasks = []
     if with_dispatcher:

@@ -31,6 +31,15 @@ from tidings.platform.ingestion import ChannelMessage, IngestResult, Outcome, in
 log = logging.getLogger(__name__)
 
 
+ARRIVAL_GAP = 0.001  # seconds without a new message that end the wait for the rest of a burst
+MAX_LINGER = 0.010  # seconds a message may wait for others, at most
+
+
+def keep_gathering(waiting: int, expected: int, max_batch: int, time_left: bool) -> bool:
+    """Whether the writer waits for more messages before writing (pure)."""
+    return time_left and waiting < min(expected, max_batch)
+
+
 @dataclass
 class _Pending:
     message: ChannelMessage
@@ -54,6 +63,12 @@ class IngestQueue:
 
         Raises ``MessagingError`` (or a subclass) for a refusal.
         """
+        return await self.submit(message)
+
+    def submit(self, message: ChannelMessage) -> asyncio.Future:
+        """``ingest`` without a coroutine: the future of the message's outcome,
+        for a caller that waits with a callback (the API's fast path). Call
+        it from the event loop's thread."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             # First use, or a new event loop (a test client may run each request in its own).
@@ -63,7 +78,7 @@ class IngestQueue:
         answer = loop.create_future()
         self._waiting.append(_Pending(message, answer))
         self._wake.set()
-        return await answer
+        return answer
 
     async def stop(self) -> None:
         for pending in self._waiting:
@@ -77,25 +92,54 @@ class IngestQueue:
             self._task = None
 
     async def _run(self) -> None:
+        expected = 1  # the size of the last batch: as many messages are likely on their way
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._waiting:
-                batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
-                try:
-                    outcomes = await self._write([pending.message for pending in batch])
-                except BaseException:  # cancelled (the process stops): no request waits forever
-                    for pending in batch:
-                        if not pending.answer.done():
-                            pending.answer.cancel()
-                    raise
-                for pending, outcome in zip(batch, outcomes):
-                    if pending.answer.done():  # the request went away meanwhile
-                        continue
-                    if isinstance(outcome, Exception):  # a refusal (MessagingError) or a failure
-                        pending.answer.set_exception(outcome)
-                    else:
-                        pending.answer.set_result(outcome)
+            if not self._waiting:
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            await self._gather(expected)
+            batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+            try:
+                outcomes = await self._write([pending.message for pending in batch])
+            except BaseException:  # cancelled (the process stops): no request waits forever
+                for pending in batch:
+                    if not pending.answer.done():
+                        pending.answer.cancel()
+                raise
+            # Those answered now and those that came during the write: the senders in play.
+            expected = len(batch) + len(self._waiting)
+            for pending, outcome in zip(batch, outcomes):
+                if pending.answer.done():  # the request went away meanwhile
+                    continue
+                if isinstance(outcome, Exception):  # a refusal (MessagingError) or a failure
+                    pending.answer.set_exception(outcome)
+                else:
+                    pending.answer.set_result(outcome)
+
+    async def _gather(self, expected: int) -> None:
+        """Lets the rest of a burst arrive before writing.
+
+        Clients send their next message once answered, so after a batch its
+        senders come back one by one over a few milliseconds. Writing at the
+        first arrival made a batch of one, then a batch of the rest, every
+        time (measured with bench/ingest.py, 64 clients: half the batches
+        held one message). So the writer waits while messages keep coming,
+        until as many as were in play last time are there, ``ARRIVAL_GAP``
+        passes without one, or ``MAX_LINGER`` is up. Measured in one run
+        (64 clients, SQLite): every batch held 64 messages, 1,141 against
+        1,335 us of server CPU per message, 764 against 625 messages/s.
+        A lone message waits one ``ARRIVAL_GAP`` at most.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MAX_LINGER
+        while True:
+            seen = len(self._waiting)
+            if not keep_gathering(seen, expected, self.max_batch, loop.time() < deadline):
+                return
+            await asyncio.sleep(ARRIVAL_GAP)
+            if len(self._waiting) == seen:  # nobody else is coming
+                return
 
     async def _write(self, batch: list[ChannelMessage]) -> list[Outcome | Exception]:
         try:

@@ -7,6 +7,7 @@ models.
 
 from __future__ import annotations
 
+import importlib.util
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,14 @@ def validation_problem(exc: RequestValidationError) -> dict:
     return {"detail": "; ".join(problems) or "the request is invalid",
             "errors": [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")),
                         "type": str(error.get("type", ""))} for error in exc.errors()]}
+
+
+def http_protocol() -> str:
+    """uvicorn's ``http`` setting for this app: its httptools protocol with the
+    ingestion fast path (``fast_ingest``), or uvicorn's choice without httptools."""
+    if importlib.util.find_spec("httptools") is None:
+        return "auto"
+    return "tidings.platform.api.fast_ingest:IngestHttpProtocol"
 
 
 def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> FastAPI:
