@@ -202,8 +202,8 @@ def plan_batch(batch: Sequence[ChannelMessage], channels: Mapping[str, Mapping],
 
 async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
     """Ingests ``batch`` in the caller's transaction; one outcome per message, in order."""
-    channels = await _rows_by_id(conn, custom_channels, {item.channel_id for item in batch})
-    owners = await _rows_by_id(conn, businesses, {item.incoming.business_id for item in batch})
+    channels = await _rows_by_id(conn, _CHANNELS, {item.channel_id for item in batch})
+    owners = await _rows_by_id(conn, _BUSINESSES, {item.incoming.business_id for item in batch})
     stored_messages = await _stored_messages(conn, {_message_key(item) for item in batch})
     stored_conversations = await _stored_conversations(conn, {_conversation_key(item) for item in batch})
     now = utcnow()
@@ -264,8 +264,26 @@ def _conversation_key(item: ChannelMessage) -> ConversationKey:
     return (item.channel_id, item.incoming.external_conversation_id)
 
 
-async def _rows_by_id(conn: AsyncConnection, table, ids: set[str]) -> dict[str, dict[str, Any]]:
-    rows = await conn.execute(select(table).where(table.c.id.in_(ids)))
+def _by_id(table):
+    return select(table).where(table.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _by_pair(columns, *pair):
+    return select(*columns).where(tuple_(*pair).in_(bindparam("pairs", expanding=True)))
+
+
+# The reads, built once: building such a statement cost more than running it
+# (measured on this machine, sync SQLite: 232 against 46 us).
+_CHANNELS = _by_id(custom_channels)
+_BUSINESSES = _by_id(businesses)
+_STORED_MESSAGES = _by_pair((messages.c.custom_channel_id, messages.c.external_message_id, messages.c.id,
+                             messages.c.conversation_id), messages.c.custom_channel_id, messages.c.external_message_id)
+_STORED_CONVERSATIONS = _by_pair(conversations.c, conversations.c.custom_channel_id,
+                                 conversations.c.external_conversation_id)
+
+
+async def _rows_by_id(conn: AsyncConnection, statement, ids: set[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.execute(statement, {"ids": sorted(ids)})
     return {row.id: dict(row._mapping) for row in rows}
 
 
@@ -273,15 +291,12 @@ async def _stored_messages(conn: AsyncConnection, keys: set[tuple[str, str]]) ->
     """(channel, external message id) -> (message id, conversation id) of those already stored."""
     if not keys:
         return {}
-    rows = await conn.execute(
-        select(messages.c.custom_channel_id, messages.c.external_message_id, messages.c.id, messages.c.conversation_id)
-        .where(tuple_(messages.c.custom_channel_id, messages.c.external_message_id).in_(sorted(keys))))
+    rows = await conn.execute(_STORED_MESSAGES, {"pairs": sorted(keys)})
     return {(row[0], row[1]): (row[2], row[3]) for row in rows}
 
 
 async def _stored_conversations(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    rows = await conn.execute(select(conversations).where(
-        tuple_(conversations.c.custom_channel_id, conversations.c.external_conversation_id).in_(sorted(keys))))
+    rows = await conn.execute(_STORED_CONVERSATIONS, {"pairs": sorted(keys)})
     return {(row.custom_channel_id, row.external_conversation_id): dict(row._mapping) for row in rows}
 
 
