@@ -300,18 +300,26 @@ async def _stored_conversations(conn: AsyncConnection, keys: set[tuple[str, str]
     return {(row.custom_channel_id, row.external_conversation_id): dict(row._mapping) for row in rows}
 
 
-def _dialect_insert(conn: AsyncConnection, table):
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+def _insert_new(table, unique: tuple[str, str], *returning):
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING ...`` for each dialect, built once."""
+    return {dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(table).on_conflict_do_nothing(
+        index_elements=list(unique)).returning(*returning) for dialect in (postgresql, sqlite)}
+
+
+_NEW_CONVERSATIONS = _insert_new(conversations, ("custom_channel_id", "external_conversation_id"), conversations.c.id,
+                                 conversations.c.custom_channel_id, conversations.c.external_conversation_id)
+_NEW_MESSAGES = _insert_new(messages, ("custom_channel_id", "external_message_id"), messages.c.id,
+                            messages.c.custom_channel_id, messages.c.external_message_id)
+
+
+def _for_dialect(conn: AsyncConnection, statements: dict) -> Any:
+    return statements["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
 
 
 async def _create_conversations(conn: AsyncConnection, new: dict[tuple[str, str], dict[str, Any]]
                                 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Inserts the new conversations; one created meanwhile by another process is read instead."""
-    inserted = await conn.execute(
-        _dialect_insert(conn, conversations)
-        .on_conflict_do_nothing(index_elements=["custom_channel_id", "external_conversation_id"])
-        .returning(conversations.c.id, conversations.c.custom_channel_id, conversations.c.external_conversation_id),
-        [new[key] for key in sorted(new)])
+    inserted = await conn.execute(_for_dialect(conn, _NEW_CONVERSATIONS), [new[key] for key in sorted(new)])
     created = {(row[1], row[2]): {**new[(row[1], row[2])], "id": row[0]} for row in inserted}
     missing = set(new) - set(created)
     if missing:
@@ -323,11 +331,7 @@ async def _insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) ->
     """Inserts the messages; returns the ids of those inserted (one stored meanwhile is skipped)."""
     if not rows:
         return {}
-    inserted = await conn.execute(
-        _dialect_insert(conn, messages)
-        .on_conflict_do_nothing(index_elements=["custom_channel_id", "external_message_id"])
-        .returning(messages.c.id, messages.c.custom_channel_id, messages.c.external_message_id),
-        rows)
+    inserted = await conn.execute(_for_dialect(conn, _NEW_MESSAGES), rows)
     return {(row[1], row[2]): row[0] for row in inserted}
 
 
