@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Column, Integer, MetaData, Table, select, text, update
 
 from tests.dispatcher_support import (
     add_configuration,
@@ -25,7 +25,9 @@ from tests.dispatcher_support import (
 from tidings.contract.signing import Verifier, generate_secret
 from tidings.platform import delivery_store as store
 from tidings.platform.dispatcher import Dispatcher
+from tidings.store.engine import create_sync_engine
 from tidings.store.platform_tables import deliveries, events, webhook_configs
+from tidings.store.types import UTCDateTime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -318,6 +320,21 @@ async def test_results_of_a_delivery_handed_to_another_worker_are_not_written(db
         rows = {row.id: row for row in await delivery_rows(engine)}
         assert rows[taken[0].id].status == "delivering" and rows[taken[0].id].worker_id == "w2"
         assert {row.status for row in rows.values()} == {"delivering", "pending"}  # nothing overwritten
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    datetime(2026, 11, 29, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 1, 2, 3, 4, 5, 123, tzinfo=timezone(timedelta(hours=2))),
+])
+def test_the_raw_sqlite_writes_store_datetimes_as_sqlalchemy_does(value):
+    engine = create_sync_engine("sqlite://")
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("at", UTCDateTime))
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, at=value))
+        stored = conn.execute(text("SELECT at FROM t")).scalar_one()
+    assert store._sqlite_datetime(value) == stored
 
 
 async def test_batched_writes_touch_only_what_the_worker_holds_and_keep_every_field(db_url):
