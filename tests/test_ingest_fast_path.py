@@ -344,3 +344,15 @@ async def test_tidings_serve_answers_ingestion_on_the_fast_path(tmp_path, fast_p
     finally:
         await engine.dispose()
     assert stored == ["m0", "m1", "m2"] and counts == [1, 3, 3]
+
+
+def test_serving_gc_is_undone_afterwards():
+    import gc
+
+    from tidings.platform.api.app import SERVING_GC_THRESHOLDS, serving_gc
+
+    before = gc.get_threshold()
+    with serving_gc():
+        assert gc.get_threshold() == SERVING_GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -105,7 +105,7 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     """Serves the API on ``host:port`` (and delivers) until stopped by a signal or ``stop``."""
     import uvicorn
 
-    from tidings.platform.api.app import create_app, http_protocol
+    from tidings.platform.api.app import create_app, http_protocol, serving_gc
     from tidings.platform.api.context import PlatformContext
     from tidings.platform.conversations import delivery_final_callback
     from tidings.platform.dispatcher import Dispatcher
@@ -130,16 +130,17 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
         server.should_exit = True
 
     tasks.append(asyncio.create_task(stop_server_on_event()))
-    serving = asyncio.create_task(server.serve(), name="api")
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.02)
-    if server.started:
-        log.info("platform listening on http://%s:%d", host, port)
-        if ready is not None:
-            ready.set()
-    try:
-        await serving
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await engine.dispose()
+    with serving_gc():
+        serving = asyncio.create_task(server.serve(), name="api")
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            log.info("platform listening on http://%s:%d", host, port)
+            if ready is not None:
+                ready.set()
+        try:
+            await serving
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispose()
