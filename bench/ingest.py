@@ -9,12 +9,19 @@ The platform (``create_app``, uvicorn) runs in a child process over a fresh
 database holding one organization with a webhook configuration for each
 event type (``message_created`` and ``message_updated``, so every message
 is recorded with its event and a delivery, as the transactional outbox
-does); no dispatcher runs. Many concurrent aiohttp clients in this process
-post messages (unique ``external_message_id``, spread over 1,000
-conversations) for ``--duration`` seconds. The baseline, a plain FastAPI +
-pydantic endpoint inserting one row per request into SQLite through the
-same engine set-up (WAL, ``synchronous=FULL``), runs in a child process
-under the same load. The last line printed is one JSON object.
+does); no dispatcher runs. It is served as ``tidings serve`` serves it: the
+ingestion fast path (``fast_ingest``) and the serving GC settings.
+``--concurrency`` clients in this process, each on one keep-alive
+connection, post messages (unique ``external_message_id``, spread over
+1,000 conversations) for ``--duration`` seconds, each sending its next once
+answered. The client is a lean asyncio one (``--client aiohttp`` for the
+former one, which cost about 350 us of CPU per request on the same two
+cores). The baseline, a plain FastAPI + pydantic endpoint inserting one row
+per request into SQLite through the same engine set-up (WAL,
+``synchronous=FULL``), runs in a child process under the same load and
+client. Beside the rates: the CPU time per message of the server process
+and of the client, and the load average at the end (the machine is shared).
+The last line printed is one JSON object.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the baseline's local model from its annotations.
