@@ -266,6 +266,7 @@ async def child_dispatch(url: str, signer_key: str, *, concurrency: int, batch: 
     stats = dispatcher.stats
     return {"seconds": elapsed, "delivered": stats.delivered, "attempts": stats.attempts,
             "handed_back": stats.handed_back, "retried": stats.retried, "failed": stats.failed,
+            "cycles": stats.flushes,
             "rate": stats.delivered / elapsed,
             "cpu_share": (cpu_after.ru_utime - cpu_before.ru_utime + cpu_after.ru_stime - cpu_before.ru_stime) / elapsed,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

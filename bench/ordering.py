@@ -59,7 +59,8 @@ def main() -> None:
                 result["cpu_us"] = result["cpu_share"] * result["seconds"] / max(1, result["attempts"]) * 1e6
                 runs.append((ordering, result))
                 print(f"ordering {ordering}: {result['rate']:,.0f}/s ({result['delivered']:,} delivered, "
-                      f"{result['cpu_us']:.0f} us of dispatcher CPU per delivery)", file=sys.stderr)
+                      f"{result['cpu_us']:.0f} us of dispatcher CPU per delivery, "
+                      f"{result['delivered'] / max(1, result['cycles']):.0f} per write cycle)", file=sys.stderr)
         finally:
             sink.stop()
     ordered = runs[1][1]

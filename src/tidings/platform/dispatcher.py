@@ -105,6 +105,14 @@ _RETRY = Outcome.RETRY
 RATE_WINDOW = 0.25  # seconds; an endpoint's pace is measured over one to two of these
 RUNNER_IDLE = 5.0  # seconds an endpoint's runners wait for more jobs before they end
 CLAIM_AHEAD = 8  # batches claimed beyond the requests in flight (see Dispatcher.capacity)
+# SQLite's page cache on the dispatcher's connections (SQLite's default is 2 MB).
+# With ordering, the next delivery of each of 1,000 conversations lies on a page
+# of its own; bench/ordering.py, 100,000 deliveries: with the default cache the
+# ordered run cost 10 to 13 % more CPU per delivery than the unordered one
+# (ratio 0.911 and 0.876), with 32 MB 6 % (ratio 0.949). It adds at most
+# 32 MB per connection the dispatcher writes with (one at a time).
+SQLITE_CACHE_KIB = 32 * 1024
+_SQLITE_CACHE = "tidings.dispatcher.sqlite_cache"
 
 
 def new_worker_id() -> str:
@@ -316,6 +324,9 @@ class Dispatcher:
                 yield conn
         else:
             async with self._write_lock, self.engine.begin() as conn:
+                if not conn.info.get(_SQLITE_CACHE):
+                    await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+                    conn.info[_SQLITE_CACHE] = True
                 yield conn
 
     async def _register(self) -> None:
