@@ -80,12 +80,20 @@ def summary_line(state: DemoState, elapsed: float) -> str:
             f"retrying {d.get('pending', 0)}, failed {d.get('failed', 0)}  receiver stored {state.received}")
 
 
+# What stops the demo cleanly; SIGHUP too, since its servers do not get the terminal's signals.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 async def _tidings(*args: str, log: Path) -> asyncio.subprocess.Process:
     """Starts a ``tidings`` sub-command, its output going to ``log``."""
     handle = open(log, "wb")  # noqa: SIM115 - the child keeps it open
     try:
+        # A session of its own: Ctrl-C reaches the demo alone, which stops the
+        # traffic first and its servers after, instead of every process at once
+        # (the traffic then reported the platform gone).
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tidings.cli", *args, stdout=handle, stderr=handle, stdin=asyncio.subprocess.DEVNULL)
+            sys.executable, "-m", "tidings.cli", *args, stdout=handle, stderr=handle, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True)
     finally:
         handle.close()
 
@@ -181,7 +189,7 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
 
     upgrade(platform_db)
@@ -242,6 +250,6 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
     finally:
         await asyncio.gather(_stop(platform), _stop(receiver))
         await flaky.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     return state
