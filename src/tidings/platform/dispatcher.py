@@ -109,8 +109,10 @@ CLAIM_AHEAD = 8  # batches claimed beyond the requests in flight (see Dispatcher
 # With ordering, the next delivery of each of 1,000 conversations lies on a page
 # of its own; bench/ordering.py, 100,000 deliveries: with the default cache the
 # ordered run cost 10 to 13 % more CPU per delivery than the unordered one
-# (ratio 0.911 and 0.876), with 32 MB 6 % (ratio 0.949). It adds at most
-# 32 MB per connection the dispatcher writes with (one at a time).
+# (ratio 0.911 and 0.876), with 32 MB for every connection 6 % (0.949), with
+# it on the dispatcher's alone (this code) 2.5 to 14 % (0.979, 0.898, 0.879):
+# it helps, and does not settle the cost (docs/PERFORMANCE.md, "Ordering").
+# It adds at most 32 MB per connection the dispatcher writes with (one at a time).
 SQLITE_CACHE_KIB = 32 * 1024
 _SQLITE_CACHE = "tidings.dispatcher.sqlite_cache"
 
