@@ -322,6 +322,35 @@ async def test_results_of_a_delivery_handed_to_another_worker_are_not_written(db
         assert {row.status for row in rows.values()} == {"delivering", "pending"}  # nothing overwritten
 
 
+async def test_statements_in_the_sqlite_thread_belong_to_the_callers_transaction(sqlite_url):
+    """On SQLite a cycle's statements run as plain sqlite3 calls in the
+    driver's thread: what they write is seen by the same transaction's
+    SQLAlchemy statements, and is rolled back or committed with it."""
+
+    def mark(db, delivery_id, note):
+        db.execute("UPDATE deliveries SET last_error = ? WHERE id = ?", (note, delivery_id))
+        return db.execute("SELECT last_error FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+
+    async with database(sqlite_url) as engine:
+        signer = new_signer()
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, "http://127.0.0.1:9/never")
+        await add_events(engine, signer, org_id, 2)
+        first, second = [row.id for row in await delivery_rows(engine)]
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                await conn.execute(update(deliveries).where(deliveries.c.id == second).values(last_error="async"))
+                assert await store.in_sqlite_thread(conn, mark, first, "rolled back") == "rolled back"
+                seen = (await conn.execute(select(deliveries.c.last_error).where(deliveries.c.id == first))).scalar()
+                assert seen == "rolled back"
+                raise RuntimeError("abandon the transaction")
+        assert [row.last_error for row in await delivery_rows(engine)] == [None, None]
+        async with engine.begin() as conn:
+            assert await store.in_sqlite_thread(conn, mark, first, "kept") == "kept"
+            await conn.execute(update(deliveries).where(deliveries.c.id == second).values(last_error="async"))
+        assert [row.last_error for row in await delivery_rows(engine)] == ["kept", "async"]
+
+
 @pytest.mark.parametrize("value", [
     datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     datetime(2026, 11, 29, 23, 59, 59, 999999, tzinfo=UTC),
