@@ -351,6 +351,32 @@ async def test_statements_in_the_sqlite_thread_belong_to_the_callers_transaction
         assert [row.last_error for row in await delivery_rows(engine)] == ["kept", "async"]
 
 
+async def test_on_postgresql_the_guarded_update_says_which_results_were_written(postgres_url):
+    """PostgreSQL's cycle has no still_held: the update's RETURNING says which rows were still held."""
+    async with database(postgres_url) as engine:
+        signer = new_signer()
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, "http://127.0.0.1:9/never")
+        await add_events(engine, signer, org_id, 3)
+        now = time.time()
+        async with engine.begin() as conn:
+            await store.register_worker(conn, worker_id="w1", hostname="h", pid=1, now=now - 60)
+            claimed = await store.claim_due(conn, worker_id="w1", now=now, limit=3, postgres=True)
+        async with engine.begin() as conn:  # w1 is reaped; w2 takes one of its deliveries
+            assert await store.reap_stalled(conn, now=now, stale_after=15) == 3
+            taken = await store.claim_due(conn, worker_id="w2", now=now, limit=1, postgres=True)
+        async with engine.begin() as conn:
+            held, promoted = await store.apply_held_results(conn, worker_id="w1", now=now, rows=[
+                store.ResultRow(r.id, "failed", 1, now, 500, "late", datetime.now(UTC)) for r in claimed])
+            assert (held, promoted) == (set(), [])
+            held, _ = await store.apply_held_results(conn, worker_id="w2", now=now, rows=[
+                store.ResultRow(r.id, "delivered", 1, now, 200, None, datetime.now(UTC)) for r in claimed])
+            assert held == {taken[0].id}
+        rows = {row.id: row for row in await delivery_rows(engine)}
+        assert rows[taken[0].id].status == "delivered" and rows[taken[0].id].last_status_code == 200
+        assert sorted(row.status for row in rows.values()) == ["delivered", "pending", "pending"]
+
+
 @pytest.mark.parametrize("value", [
     datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     datetime(2026, 11, 29, 23, 59, 59, 999999, tzinfo=UTC),

@@ -465,11 +465,10 @@ class Dispatcher:
             claimed = recorded.claimed
         else:
             await store.record_attempts(conn, attempts)
-            held = await store.still_held(conn, worker_id=self.worker_id, postgres=True,
-                                          delivery_ids=[result.job.row.id for result in results])
+            held, claimed = await store.apply_held_results(
+                conn, worker_id=self.worker_id, now=now,
+                rows=[self._result_row(result, finished_at) for result in results])
             kept = [result for result in results if result.job.row.id in held]
-            claimed = await store.apply_results(conn, worker_id=self.worker_id, now=now, postgres=True,
-                                                rows=[self._result_row(result, finished_at) for result in kept])
             await store.release(conn, worker_id=self.worker_id, rows=releases)
         for result in kept:
             if result.decision.pause_configuration:
