@@ -231,13 +231,14 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
             assert await store.resend(conn, delivery_id=ids[1], paused=False, now=time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert statuses == {ids[0]: "failed", ids[1]: "queued", ids[2]: "pending", ids[3]: "queued"}
-            # the head finishes: the re-sent one (lower sequence) goes next, not the fourth
+            # the head finishes: the re-sent one (lower sequence) goes next, before the fourth, which
+            # the same worker claims with it as its follower
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[2]).values(status="delivered"))
             claimed = await store.promote_and_claim(conn, [(ids[2], config_id, conversation_of[ids[2]])], worker_id="w",
                                                     now=time.time(), postgres=engine.dialect.name == "postgresql")
-            assert [row.id for row in claimed] == [ids[1]]
+            assert [row.id for row in sorted(claimed, key=lambda row: row.sequence)] == [ids[1], ids[3]]
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
-            assert statuses == {ids[0]: "failed", ids[1]: "delivering", ids[2]: "delivered", ids[3]: "queued"}
+            assert statuses == {ids[0]: "failed", ids[1]: "delivering", ids[2]: "delivered", ids[3]: "delivering"}
             # recovering the failed first one queues it behind the head being sent
             since = (await conn.execute(select(func.min(deliveries.c.created_at)))).scalar_one()
             assert await store.recover(conn, config_id=config_id, since=since, paused=False, now=time.time()) == 1
@@ -247,3 +248,54 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
             await store.ordering_changed(conn, config_id=config_id, ordering="none", now=time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert "queued" not in statuses.values()
+
+
+async def test_a_reaped_worker_hands_back_a_head_pending_and_its_follower_queued(db_url):
+    """A promotion claims a conversation's next delivery and its follower for one
+    worker; if that worker stops beating, the head is due again and the follower
+    waits behind it, so that no two of the conversation can be sent at once."""
+    signer = new_signer()
+    async with database(db_url) as engine:
+        org_id = await add_organization(engine)
+        config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
+        await add_conversation_events(engine, signer, org_id, 4, 1)
+        postgres = engine.dialect.name == "postgresql"
+        now = time.time()
+        async with engine.begin() as conn:
+            ids = (await conn.execute(select(deliveries.c.id).order_by(deliveries.c.sequence))).scalars().all()
+            conversation = (await conn.execute(select(deliveries.c.conversation_id))).scalars().first()
+            await store.register_worker(conn, worker_id="w1", hostname="h", pid=1, now=now - 60)
+            await conn.execute(update(deliveries).where(deliveries.c.id == ids[0]).values(status="delivered"))
+            claimed = await store.promote_and_claim(conn, [(ids[0], config_id, conversation)], worker_id="w1",
+                                                    now=now, postgres=postgres)
+            assert sorted(row.id for row in claimed) == [ids[1], ids[2]]
+        async with engine.begin() as conn:
+            assert await store.reap_stalled(conn, now=now, stale_after=15) == 2
+            statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
+        assert [statuses[i] for i in ids] == ["delivered", "pending", "queued", "queued"]
+
+
+async def test_a_stopped_dispatcher_hands_followers_back_queued_and_order_holds_after(db_url):
+    signer = new_signer()
+    endpoint = OrderedEndpoint(first_failure_share=0.2, seed=11)
+    async with endpoint.serving() as url, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, url)
+        await add_conversation_events(engine, signer, org_id, 300, 20)
+        async with dispatching(engine, signer):
+            await rows_when(engine, lambda rows: sum(r.status == "delivered" for r in rows) >= 60)
+        rows = await rows_when(engine, lambda rows: True)
+        under_way = defaultdict(list)
+        for row in rows:
+            if row.status in ("pending", "delivering", "held"):
+                under_way[row.conversation_id].append(row.status)
+        assert under_way and all(statuses == ["pending"] for statuses in under_way.values()), under_way
+        assert sum(row.status == "delivered" for row in rows) < 300  # stopped part way
+        async with dispatching(engine, signer):
+            await rows_when(engine, lambda rows: all(r.status == "delivered" for r in rows))
+        async with engine.connect() as conn:
+            expected = dict((await conn.execute(select(deliveries.c.conversation_id, func.max(deliveries.c.sequence))
+                                                .group_by(deliveries.c.conversation_id))).all())
+    for conversation, last in expected.items():
+        assert endpoint.accepted[conversation] == list(range(1, last + 1)), conversation
+    assert endpoint.overlaps == 0

@@ -10,14 +10,20 @@ A delivery moves through these states::
     delivered | failed --resend / recover--> pending (or held while paused)
     queued --promote--> pending, or --promote and claim--> delivering
                   (ordered delivery: the one before it finished)
+    delivering --hand back--> queued   (a follower whose head was not delivered)
 
 Ordered delivery (a configuration's ``ordering`` is ``"conversation"``): of
 the deliveries of one configuration and conversation, at most one is
-``pending``, ``delivering`` or ``held`` at a time (the head); the others
-wait ``queued`` in sequence order. When the head finishes, the next is
-promoted in the same transaction, and claimed at once by the worker that
-finished it. So the claim itself never looks at ordering: it stays one
-statement over ``pending`` rows, on both engines.
+``pending``, ``delivering`` or ``held`` at a time (the head), but for its
+follower (below); the others wait ``queued`` in sequence order. When the
+head finishes, the next is promoted in the same transaction and claimed at
+once by the worker that finished it, together with the one behind it, its
+follower (``PROMOTED_PER_CONVERSATION``): that worker sends the follower
+once the head is delivered, and otherwise hands it back ``queued``; a
+stalled worker's follower goes back ``queued`` too (``_hand_back``). So one
+worker at a time sends a conversation's deliveries, one after the other, and
+the claim itself never looks at ordering: it stays one statement over
+``pending`` rows, on both engines.
 
 Rules every statement here keeps:
 
@@ -46,7 +52,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal_column, or_, select, text, tuple_, update
+from sqlalchemy import (and_, bindparam, delete, exists, func, insert, literal_column, or_, select, text, tuple_,
+                        union_all, update)
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -335,25 +342,41 @@ _promote_head = (
     .values(status=PENDING, next_attempt_at=bindparam("b_now"))
 )
 
-# One statement for a whole batch of finished heads: for each, the lowest
-# queued delivery of its conversation (one seek on ix_deliveries_order, which
-# ends with the sequence), unless something of the conversation is being
-# sent or due, goes straight to ``delivering``. Promoting to ``pending`` and
-# claiming afterwards wrote each row twice and cost a statement per
-# conversation: measured with a transport that answers at once, 30,000
-# deliveries over 1,000 conversations, 285 us of CPU per delivery that way
-# against 179 us without ordering.
+# How many deliveries of a conversation a promotion claims: its next one (the
+# head) and the one behind it (its follower), both for the worker that
+# finished the one before. The worker sends the follower once the head is
+# delivered, without waiting for a write cycle, and hands it back ``queued``
+# otherwise (Dispatcher._route). With one, a conversation could move by one
+# delivery per cycle only: with 1,000 conversations, cycles of 500 deliveries
+# against 1,136 without ordering, and 9 to 25 % more CPU per delivery
+# (docs/PERFORMANCE.md, "Ordering").
+PROMOTED_PER_CONVERSATION = 2
+
+
+def _queued_behind(offset: int):
+    # For each finished delivery with nothing of its conversation being sent or
+    # due: the id of its conversation's queued delivery number ``offset`` (from
+    # 0) in sequence order, one seek on ix_deliveries_order (NULL if none).
+    return (select(
+        select(_other.c.id)
+        .where(_same_conversation(_other, _finished), _other.c.status == literal_column(f"'{QUEUED}'"))
+        .order_by(_other.c.sequence).limit(1).offset(offset).scalar_subquery())
+        .where(_finished.c.id.in_(bindparam("b_finished", expanding=True)),
+               ~exists().where(_same_conversation(_head, _finished), _is_head_status(_head))))
+
+
+# One statement for a whole batch of finished heads: for each, the next
+# queued deliveries of its conversation (PROMOTED_PER_CONVERSATION of them),
+# unless something of the conversation is being sent or due, go straight to
+# ``delivering``. Promoting to ``pending`` and claiming afterwards wrote each
+# row twice and cost a statement per conversation: measured with a transport
+# that answers at once, 30,000 deliveries over 1,000 conversations, 285 us of
+# CPU per delivery that way against 179 us without ordering.
 _promote_and_claim = (
     update(deliveries)
     .where(
         _status_is(QUEUED),
-        deliveries.c.id.in_(
-            select(
-                select(_other.c.id)
-                .where(_same_conversation(_other, _finished), _other.c.status == literal_column(f"'{QUEUED}'"))
-                .order_by(_other.c.sequence).limit(1).scalar_subquery())
-            .where(_finished.c.id.in_(bindparam("b_finished", expanding=True)),
-                   ~exists().where(_same_conversation(_head, _finished), _is_head_status(_head)))),
+        deliveries.c.id.in_(union_all(*(_queued_behind(offset) for offset in range(PROMOTED_PER_CONVERSATION)))),
     )
     .values(status=DELIVERING, worker_id=bindparam("b_worker"), next_attempt_at=bindparam("b_now"))
     .returning(*CLAIMED_COLUMNS)
@@ -414,7 +437,8 @@ async def ordering_changed(conn: AsyncConnection, *, config_id: int, ordering: s
 @dataclass(frozen=True, slots=True)
 class ReleaseRow:
     """A claimed delivery handed back unsent: ``pending`` at ``next_attempt_at``
-    (its endpoint is saturated), or ``held`` (its configuration was paused)."""
+    (its endpoint is saturated), ``held`` (its configuration was paused), or
+    ``queued`` (a follower whose head was not delivered)."""
 
     delivery_id: int
     status: str
@@ -492,21 +516,24 @@ _STILL_HELD_SQLITE = ("SELECT id FROM deliveries WHERE id IN (SELECT value FROM 
                       "AND status = 'delivering' AND worker_id = ?")
 _ORDERED_SQLITE = ("SELECT id FROM webhook_configs WHERE id IN (SELECT value FROM json_each(?)) "
                    f"AND ordering = '{ORDERED}'")
-# As _promote_and_claim, written for SQLite.
-_PROMOTE_AND_CLAIM_SQLITE = f"""
-UPDATE deliveries SET status = 'delivering', worker_id = ?, next_attempt_at = ?
-WHERE status = 'queued' AND id IN (
+# As _promote_and_claim, written for SQLite (the ids of the finished deliveries
+# are ?1, a JSON array).
+_QUEUED_BEHIND_SQLITE = """
     SELECT (SELECT other.id FROM deliveries AS other
             WHERE other.webhook_config_id = finished.webhook_config_id
               AND other.conversation_id = finished.conversation_id AND other.status = 'queued'
-            ORDER BY other.sequence LIMIT 1)
+            ORDER BY other.sequence LIMIT 1 OFFSET {offset})
     FROM deliveries AS finished
-    WHERE finished.id IN (SELECT value FROM json_each(?))
+    WHERE finished.id IN (SELECT value FROM json_each(?1))
       AND NOT EXISTS (SELECT 1 FROM deliveries AS head
                       WHERE head.webhook_config_id = finished.webhook_config_id
                         AND head.conversation_id = finished.conversation_id
-                        AND head.status IN ('pending', 'delivering', 'held')))
-RETURNING {_CLAIMED_SQL}"""
+                        AND head.status IN ('pending', 'delivering', 'held'))"""
+_PROMOTE_AND_CLAIM_SQLITE = (
+    "UPDATE deliveries SET status = 'delivering', worker_id = ?2, next_attempt_at = ?3 "
+    "WHERE status = 'queued' AND id IN ("
+    + " UNION ALL ".join(_QUEUED_BEHIND_SQLITE.format(offset=offset) for offset in range(PROMOTED_PER_CONVERSATION))
+    + f") RETURNING {_CLAIMED_SQL}")
 _BODIES_SQLITE = "SELECT id, body FROM events WHERE id IN (SELECT value FROM json_each(?))"
 _CONFIGURATIONS_SQLITE = (
     "SELECT id, url, secret, previous_secret, previous_secret_expires_at, custom_headers, paused "
@@ -558,7 +585,7 @@ def _sqlite_still_held(db, worker_id: str, delivery_ids: Sequence[int]) -> set[i
 
 def _sqlite_promote_and_claim(db, finished_ids: Sequence[int], worker_id: str, now: float) -> list:
     return [ClaimedRow._make(row) for row in db.execute(_PROMOTE_AND_CLAIM_SQLITE,
-                                                        (worker_id, now, _json_ids(finished_ids)))]
+                                                        (_json_ids(finished_ids), worker_id, now))]
 
 
 def _sqlite_apply_results(db, worker_id: str, parameters: list[tuple], rows: Sequence[ResultRow],
@@ -601,10 +628,12 @@ def _sqlite_record(db, worker_id: str, attempts: list[tuple], results: Sequence[
         db.executemany(_RECORD_ATTEMPTS_SQLITE, attempts)
     held = _sqlite_still_held(db, worker_id, [r.delivery_id for r in results]) if results else set()
     kept = [r for r in results if r.delivery_id in held]
-    # Every update is guarded by the lease anyway: those of rows no longer held change nothing.
-    claimed = _sqlite_apply_results(db, worker_id, result_parameters, kept, now) if kept else []
+    # Hand-backs before results: a follower handed back ``queued`` must be
+    # there when its head's failure promotes what comes next.
     if releases:
         db.executemany(_RELEASE_SQLITE, releases)
+    # Every update is guarded by the lease anyway: those of rows no longer held change nothing.
+    claimed = _sqlite_apply_results(db, worker_id, result_parameters, kept, now) if kept else []
     return SqliteRecord(held, claimed)
 
 
@@ -673,28 +702,43 @@ async def reap_stalled(conn: AsyncConnection, *, now: float, stale_after: float)
         delete(workers).where(workers.c.heartbeat_at < now - stale_after).returning(workers.c.id))).scalars())
     if not dead:
         return 0
-    handed_back = await conn.execute(
-        update(deliveries).where(_status_is(DELIVERING), deliveries.c.worker_id.in_(dead))
-        .values(status=PENDING, worker_id=None))
-    return handed_back.rowcount
+    return await _hand_back(conn, and_(_status_is(DELIVERING), deliveries.c.worker_id.in_(dead)))
 
 
 async def reap_orphans(conn: AsyncConnection) -> int:
     """``delivering`` deliveries whose worker is not registered at all go back
     to ``pending`` (a safety net run when a worker starts; it scans the table)."""
-    orphaned = await conn.execute(
-        update(deliveries)
-        .where(_status_is(DELIVERING),
-               or_(deliveries.c.worker_id.is_(None), deliveries.c.worker_id.not_in(select(workers.c.id))))
-        .values(status=PENDING, worker_id=None))
-    return orphaned.rowcount
+    return await _hand_back(conn, and_(
+        _status_is(DELIVERING),
+        or_(deliveries.c.worker_id.is_(None), deliveries.c.worker_id.not_in(select(workers.c.id)))))
 
 
 async def hand_back_held_by(conn: AsyncConnection, *, worker_id: str) -> int:
     """Every delivery ``worker_id`` holds goes back to ``pending``, due as it was."""
-    handed_back = await conn.execute(
-        update(deliveries).where(_held_by(worker_id)).values(status=PENDING, worker_id=None))
-    return handed_back.rowcount
+    return await _hand_back(conn, _held_by(worker_id))
+
+
+_before = deliveries.alias("before")
+
+
+async def _hand_back(conn: AsyncConnection, which) -> int:
+    """The ``delivering`` deliveries ``which`` selects go back to ``pending``,
+    due as they were; of an ordered conversation, one that has an earlier
+    delivery pending, being sent or held (a head's follower, claimed with it:
+    see PROMOTED_PER_CONVERSATION) goes back to ``queued`` behind it. Returns
+    how many went back."""
+    ids = list((await conn.execute(
+        update(deliveries).where(which).values(status=PENDING, worker_id=None).returning(deliveries.c.id))).scalars())
+    if ids:
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(ids), _status_is(PENDING), deliveries.c.conversation_id.is_not(None),
+                   deliveries.c.webhook_config_id.in_(
+                       select(webhook_configs.c.id).where(webhook_configs.c.ordering == ORDERED)),
+                   exists().where(_same_conversation(_before, deliveries), _is_head_status(_before),
+                                  _before.c.sequence < deliveries.c.sequence))
+            .values(status=QUEUED))
+    return len(ids)
 
 
 async def unregister_worker(conn: AsyncConnection, *, worker_id: str) -> int:

@@ -146,6 +146,9 @@ class DispatcherStats:
 class _Job:
     row: Row  # as claimed
     outgoing: Outgoing
+    # Ordered delivery: the next delivery of the same conversation, claimed with
+    # this one and sent once this one is delivered (store.PROMOTED_PER_CONVERSATION).
+    follower: _Job | None = None
 
 
 @dataclass(slots=True)
@@ -312,6 +315,9 @@ class Dispatcher:
                 job = endpoint.queue.popleft()
                 self._in_process -= 1
                 self._hand_back(job.row.id, store.PENDING, now)
+                for waiting in _chain(job.follower):
+                    self._in_process -= 1
+                    self._hand_back(waiting.row.id, store.QUEUED, now)
         self._dismiss_idle_runners()
         self._signal.set()
 
@@ -403,6 +409,7 @@ class Dispatcher:
                 # ordering, a claim after each promotion found nothing, at the cost of two
                 # statements per cycle (bench/ordering.py).
                 kept, claimed = await self._record(conn, results, releases, now) if results or releases else ([], [])
+                promoted = len(claimed)  # these come first in ``claimed``: a claim appends
                 if not self._postgres:  # the rest in one call to the driver's thread (see there why)
                     if claim_limit or claimed:
                         claimed, due, bodies, configs = await store.sqlite_claim_cycle(
@@ -443,7 +450,7 @@ class Dispatcher:
                 self._next_claim_at = now + self.poll_interval if due is None else min(due, now + self.poll_interval)
             self._nothing_due = not claimed and due is None
         if claimed:
-            saturated = self._route(claimed, bodies, configs, now)
+            saturated = self._route(claimed, bodies, configs, now, promoted=promoted)
             if saturated * 2 >= len(claimed):
                 # Mostly for endpoints that hold all they can: claiming again now would
                 # only hand more back. Wait until one of them has room (or a poll).
@@ -465,11 +472,13 @@ class Dispatcher:
             claimed = recorded.claimed
         else:
             await store.record_attempts(conn, attempts)
+            # Hand-backs before results: a follower handed back ``queued`` must be
+            # there when its head's failure promotes what comes next.
+            await store.release(conn, worker_id=self.worker_id, rows=releases)
             held, claimed = await store.apply_held_results(
                 conn, worker_id=self.worker_id, now=now,
                 rows=[self._result_row(result, finished_at) for result in results])
             kept = [result for result in results if result.job.row.id in held]
-            await store.release(conn, worker_id=self.worker_id, rows=releases)
         for result in kept:
             if result.decision.pause_configuration:
                 await store.pause_configuration(conn, config_id=result.job.row.webhook_config_id,
@@ -480,10 +489,15 @@ class Dispatcher:
                     await self.on_final(conn, result.job.row, result.decision.outcome is _DELIVERED)
         return kept, claimed
 
-    def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float) -> int:
+    def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float, *,
+               promoted: int = 0) -> int:
         """Queue claimed deliveries at their endpoints; returns how many were
-        handed back because their endpoint was saturated."""
+        handed back because their endpoint was saturated. The first
+        ``promoted`` were claimed by promotion: of those, a conversation's
+        later delivery follows its earlier one (``_Job.follower``)."""
         saturated = 0
+        followers = _followers(claimed[:promoted]) if promoted else {}
+        following = {row.id for rows in followers.values() for row in rows}
         sending = {}  # per configuration: (endpoint, queue limit, URL, live secrets, custom headers, paused)
         limits: dict[str, int] = {}  # per endpoint, for this batch (its pace changes slowly)
         for config_id, config in configs.items():
@@ -497,22 +511,33 @@ class Dispatcher:
                                   config.paused)
         per_endpoint = self.per_endpoint
         for row in claimed:
+            if row.id in following:
+                continue  # goes with the delivery before it
             endpoint, limit, url, secrets, custom_headers, paused = sending[row.webhook_config_id]
-            if self._stopping:
-                self._hand_back(row.id, store.PENDING, now)
-                continue
-            if paused:
-                self._hand_back(row.id, store.HELD, now)
-                continue
-            if len(endpoint.queue) >= limit:
-                # Saturated: back to the database for a little later, not an attempt.
-                self._hand_back(row.id, store.PENDING, now + self._hand_back_wait(endpoint, now))
-                self._saturated.add(endpoint.key)
-                saturated += 1
+            chain = followers.get(row.id, ())
+            if self._stopping or paused or len(endpoint.queue) >= limit:
+                if self._stopping:
+                    self._hand_back(row.id, store.PENDING, now)
+                elif paused:
+                    self._hand_back(row.id, store.HELD, now)
+                else:
+                    # Saturated: back to the database for a little later, not an attempt.
+                    self._hand_back(row.id, store.PENDING, now + self._hand_back_wait(endpoint, now))
+                    self._saturated.add(endpoint.key)
+                    saturated += 1
+                for follower in chain:  # waits behind it again
+                    self._hand_back(follower.id, store.QUEUED, now)
                 continue
             queue = endpoint.queue
-            queue.append(_Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature,
-                                            secrets, custom_headers, row.sequence)))
+            job = _Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature,
+                                     secrets, custom_headers, row.sequence))
+            last = job
+            for follower in chain:
+                last.follower = last = _Job(follower, Outgoing(
+                    url, bodies[follower.event_id], follower.webhook_id, follower.signature, secrets, custom_headers,
+                    follower.sequence))
+                self._in_process += 1
+            queue.append(job)
             endpoint.last_job_at = now
             self._in_process += 1
             if endpoint.idle_runners:
@@ -578,6 +603,14 @@ class Dispatcher:
                 finally:
                     self._in_process -= 1
                 now = time.time()
+                follower = job.follower
+                if follower is not None:
+                    if result.decision.outcome is _DELIVERED and not self._stopping:
+                        endpoint.queue.appendleft(follower)  # its turn came: next, on this connection
+                    else:  # not yet (a retry), or not by this worker: they wait behind again
+                        for waiting in _chain(follower):
+                            self._in_process -= 1
+                            self._hand_back(waiting.row.id, store.QUEUED, now)
                 endpoint.note_completion(now)
                 results = self._results
                 if not results:
@@ -711,6 +744,29 @@ class Dispatcher:
                 self._dismiss_idle_runners(now)
             except Exception:
                 log.exception("heartbeat failed")
+
+
+def _followers(promoted: list[Row]) -> dict[int, list[Row]]:
+    """Of deliveries claimed by promotion, each conversation's later ones in
+    sequence order, by the id of its first."""
+    by_conversation: dict[tuple[int, int], list[Row]] = {}
+    for row in promoted:
+        by_conversation.setdefault((row.webhook_config_id, row.conversation_id), []).append(row)
+    followers = {}
+    for rows in by_conversation.values():
+        if len(rows) > 1:
+            rows.sort(key=lambda row: row.sequence)
+            followers[rows[0].id] = rows[1:]
+    return followers
+
+
+def _chain(job: _Job | None) -> list[_Job]:
+    """A job's followers, the follower's followers, and so on."""
+    jobs = []
+    while job is not None:
+        jobs.append(job)
+        job = job.follower
+    return jobs
 
 
 def _error_text(answer: Answer) -> str | None:
