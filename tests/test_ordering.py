@@ -250,10 +250,14 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
             assert "queued" not in statuses.values()
 
 
-async def test_a_reaped_worker_hands_back_a_head_pending_and_its_follower_queued(db_url):
+@pytest.mark.parametrize("hand_back_slice", [1, store._HAND_BACK_SLICE])
+async def test_a_reaped_worker_hands_back_a_head_pending_and_its_follower_queued(db_url, hand_back_slice,
+                                                                                  monkeypatch):
     """A promotion claims a conversation's next delivery and its follower for one
     worker; if that worker stops beating, the head is due again and the follower
-    waits behind it, so that no two of the conversation can be sent at once."""
+    waits behind it, so that no two of the conversation can be sent at once
+    (however the handed-back ids are sliced into statements)."""
+    monkeypatch.setattr(store, "_HAND_BACK_SLICE", hand_back_slice)
     signer = new_signer()
     async with database(db_url) as engine:
         org_id = await add_organization(engine)

@@ -368,7 +368,7 @@ class Dispatcher:
             room = self.capacity - self._in_process
             claim = 0
             if not self._stopping and room >= low_water and now >= self._next_claim_at:
-                claim = room  # in statements of at most batch_size
+                claim = room
             writes = len(self._results) + len(self._releases)
             write_due = writes and (self._stopping or len(self._results) >= self.batch_size
                                     or now - self._first_result_at >= self.flush_interval)
@@ -398,37 +398,17 @@ class Dispatcher:
         results, self._results = self._results, []
         releases, self._releases = self._releases, []
         now = time.time()
-        claimed: list[Row] = []
-        bodies: dict[int, bytes] = {}
-        configs: dict[int, Row] = {}
-        due: float | None = None
+        claim = store.CycleClaim([], None)
         try:
             async with self._writing() as conn:
-                # Ordered deliveries promoted here are claimed by the same statement; no claim
+                kept, promoted = await self._record(conn, results, releases, now) if results or releases else ([], [])
+                # Ordered deliveries promoted here were claimed by the same statement; no claim
                 # of pending ones follows unless one is due anyway (see _cycle_loop): with
                 # ordering, a claim after each promotion found nothing, at the cost of two
                 # statements per cycle (bench/ordering.py).
-                kept, claimed = await self._record(conn, results, releases, now) if results or releases else ([], [])
-                promoted = len(claimed)  # these come first in ``claimed``: a claim appends
-                if not self._postgres:  # the rest in one call to the driver's thread (see there why)
-                    if claim_limit or claimed:
-                        claimed, due, bodies, configs = await store.sqlite_claim_cycle(
-                            conn, worker_id=self.worker_id, now=now, claim_limit=claim_limit,
-                            batch_size=self.batch_size, claimed=claimed)
-                else:
-                    if claim_limit:
-                        while len(claimed) < claim_limit:
-                            limit = min(self.batch_size, claim_limit - len(claimed))
-                            chunk = await store.claim_due(conn, worker_id=self.worker_id, now=now, limit=limit,
-                                                          postgres=True)
-                            claimed += chunk
-                            if len(chunk) < limit:
-                                break
-                        if len(claimed) < claim_limit:
-                            due = await store.next_due_at(conn)
-                    if claimed:
-                        bodies = await store.load_bodies(conn, [row.event_id for row in claimed])
-                        configs = await store.load_configurations(conn, [row.webhook_config_id for row in claimed])
+                if claim_limit or promoted:
+                    claim = await store.claim_cycle(conn, worker_id=self.worker_id, now=now, claim_limit=claim_limit,
+                                                    claimed=promoted, postgres=self._postgres)
         except Exception:
             log.exception("a dispatcher cycle failed; its results are kept and written again")
             self._results[:0] = results
@@ -442,6 +422,7 @@ class Dispatcher:
             self._nothing_due = False
             if not claim_limit and not self._in_process:
                 self._next_claim_at = 0.0  # nothing else to do: find out now
+        claimed, due = claim.claimed, claim.due
         self.stats.claimed += len(claimed)
         if claim_limit:
             if len(claimed) >= claim_limit:
@@ -450,7 +431,7 @@ class Dispatcher:
                 self._next_claim_at = now + self.poll_interval if due is None else min(due, now + self.poll_interval)
             self._nothing_due = not claimed and due is None
         if claimed:
-            saturated = self._route(claimed, bodies, configs, now, promoted=promoted)
+            saturated = self._route(claimed, claim.bodies, claim.configs, now, promoted=len(promoted))
             if saturated * 2 >= len(claimed):
                 # Mostly for endpoints that hold all they can: claiming again now would
                 # only hand more back. Wait until one of them has room (or a poll).
@@ -463,22 +444,11 @@ class Dispatcher:
         whose delivery this worker still held (the others were left alone),
         and the ordered deliveries whose turn came and that were claimed."""
         finished_at = datetime.now(UTC)
-        attempts = [self._attempt_row(result) for result in results]
-        if not self._postgres:  # in one call to the driver's thread (see store.sqlite_record_cycle)
-            recorded = await store.sqlite_record_cycle(
-                conn, worker_id=self.worker_id, attempts=attempts, releases=releases, now=now,
-                results=[self._result_row(result, finished_at) for result in results])
-            kept = [result for result in results if result.job.row.id in recorded.held]
-            claimed = recorded.claimed
-        else:
-            await store.record_attempts(conn, attempts)
-            # Hand-backs before results: a follower handed back ``queued`` must be
-            # there when its head's failure promotes what comes next.
-            await store.release(conn, worker_id=self.worker_id, rows=releases)
-            held, claimed = await store.apply_held_results(
-                conn, worker_id=self.worker_id, now=now,
-                rows=[self._result_row(result, finished_at) for result in results])
-            kept = [result for result in results if result.job.row.id in held]
+        recorded = await store.record_cycle(
+            conn, worker_id=self.worker_id, attempts=[self._attempt_row(result) for result in results],
+            results=[self._result_row(result, finished_at) for result in results], releases=releases, now=now,
+            postgres=self._postgres)
+        kept = [result for result in results if result.job.row.id in recorded.held]
         for result in kept:
             if result.decision.pause_configuration:
                 await store.pause_configuration(conn, config_id=result.job.row.webhook_config_id,
@@ -487,7 +457,7 @@ class Dispatcher:
             for result in kept:
                 if result.decision.outcome is not _RETRY:
                     await self.on_final(conn, result.job.row, result.decision.outcome is _DELIVERED)
-        return kept, claimed
+        return kept, recorded.claimed
 
     def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float, *,
                promoted: int = 0) -> int:
