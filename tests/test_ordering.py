@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from aiohttp import web
 from sqlalchemy import func, select, update
 
@@ -24,7 +26,7 @@ from tidings.contract.signing import private_key_whsk
 from tidings.platform import delivery_store as store
 from tidings.platform.dispatcher import Dispatcher
 from tidings.platform.outbox import initial_status, record_event
-from tidings.store.platform_tables import deliveries, webhook_configs
+from tidings.store.platform_tables import deliveries, delivery_sequences, webhook_configs
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,6 +250,80 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
             await store.ordering_changed(conn, config_id=config_id, ordering="none", now=time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert "queued" not in statuses.values()
+
+
+async def test_a_promotion_follows_the_ordering_as_it_is_now_and_needs_no_sequence_row(db_url):
+    """Only conversations of configurations ordered at the time of the promotion
+    move on; and a conversation whose sequence row is missing (deliveries
+    written by hand, as bench/dispatch.py does) is promoted all the same."""
+    signer = new_signer()
+    async with database(db_url) as engine:
+        ordered_org, switched_org = await add_organization(engine), await add_organization(engine)
+        ordered_config = await add_configuration(engine, ordered_org, "http://127.0.0.1:9/hook")
+        switched_config = await add_configuration(engine, switched_org, "http://127.0.0.1:9/hook")
+        await add_conversation_events(engine, signer, ordered_org, 3, 1)
+        await add_conversation_events(engine, signer, switched_org, 3, 1)
+        async with engine.begin() as conn:
+            rows = (await conn.execute(select(deliveries.c.id, deliveries.c.webhook_config_id,
+                                              deliveries.c.conversation_id).order_by(deliveries.c.sequence))).all()
+            ids = {config: [row.id for row in rows if row.webhook_config_id == config]
+                   for config in (ordered_config, switched_config)}
+            # switched off by hand, its queued deliveries left where they were
+            await conn.execute(update(webhook_configs).where(webhook_configs.c.id == switched_config)
+                               .values(ordering="none"))
+            await conn.execute(delivery_sequences.delete())
+            heads = [ids[ordered_config][0], ids[switched_config][0]]
+            await conn.execute(update(deliveries).where(deliveries.c.id.in_(heads)).values(status="delivered"))
+            claimed = await store.promote_and_claim(
+                conn, [(row.id, row.webhook_config_id, row.conversation_id) for row in rows if row.id in heads],
+                worker_id="w", now=time.time(), postgres=engine.dialect.name == "postgresql")
+            statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
+        assert sorted(row.id for row in claimed) == ids[ordered_config][1:]
+        assert [statuses[i] for i in ids[switched_config]] == ["delivered", "queued", "queued"]
+
+
+async def test_a_promotion_waits_for_a_writer_adding_to_its_conversation(postgres_url):
+    """PostgreSQL: a writer queues an event behind a head that is being sent and
+    has not committed yet when the head finishes. The promotion waits for it
+    (the conversation's sequence row is locked by both), then claims it; had it
+    gone on at once, it would have found nothing, and the new event would have
+    waited for ever."""
+    signer = new_signer()
+    async with database(postgres_url) as engine:
+        org_id = await add_organization(engine)
+        config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
+        await add_conversation_events(engine, signer, org_id, 1, 1)
+        async with engine.begin() as conn:
+            head = (await conn.execute(select(deliveries.c.id, deliveries.c.conversation_id))).one()
+            await conn.execute(update(deliveries).values(status="delivering", worker_id="w"))
+        async with engine.connect() as writer:
+            await writer.begin()
+            await record_event(writer, org_id=org_id, signer=signer, event=SampleFactory(5).message_created(
+                org_id=org_id, conversation={"id": head.conversation_id}))
+
+            async def finish_head() -> list:
+                async with engine.begin() as conn:
+                    await conn.execute(update(deliveries).where(deliveries.c.id == head.id)
+                                       .values(status="delivered", worker_id=None))
+                    return await store.promote_and_claim(conn, [(head.id, config_id, head.conversation_id)],
+                                                         worker_id="w", now=time.time(), postgres=True)
+
+            promotion = asyncio.create_task(finish_head())
+            await asyncio.sleep(0.5)
+            assert not promotion.done()  # waiting for the writer
+            await writer.commit()
+        claimed = await asyncio.wait_for(promotion, 10)
+        assert [row.sequence for row in claimed] == [2]
+        assert await status_counts(engine) == {"delivered": 1, "delivering": 1}
+
+
+@given(st.lists(st.tuples(st.integers(1, 10**6), st.integers(1, 3), st.integers(1, 5)), max_size=40))
+def test_one_finished_delivery_per_conversation_stands_for_all(finished):
+    chosen = store._one_per_conversation(finished)
+    pairs = [(config, conversation) for _, config, conversation in chosen]
+    assert len(pairs) == len(set(pairs))
+    assert set(pairs) == {(config, conversation) for _, config, conversation in finished}
+    assert set(chosen) <= set(finished)
 
 
 @pytest.mark.parametrize("hand_back_slice", [1, store._HAND_BACK_SLICE])

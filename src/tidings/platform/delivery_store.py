@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy import (and_, bindparam, delete, exists, func, insert, literal_column, or_, select, text, tuple_,
-                        union_all, update)
+from sqlalchemy import (and_, bindparam, delete, exists, func, insert, literal_column, or_, select, text,
+                        update)
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -293,23 +293,12 @@ async def apply_held_results(conn: AsyncConnection, *, worker_id: str, rows: Seq
         "finished": [r.finished_at for r in rows], "expected": [DELIVERING] * len(rows),
         "workers": [worker_id] * len(rows)})).scalars())
     finished = _finished_in_conversations([r for r in rows if r.delivery_id in held])
-    if not finished:
-        return held, []
-    # The ordering as it is now, not as it was at the claim: a configuration
-    # switched to ordered meanwhile already queues new events behind this one.
-    ordered = set((await conn.execute(
-        select(webhook_configs.c.id).where(webhook_configs.c.id.in_({r.webhook_config_id for r in finished}),
-                                           webhook_configs.c.ordering == ORDERED))).scalars())
-    if not ordered:
-        return held, []
     return held, await promote_and_claim(
-        conn, [(r.delivery_id, r.webhook_config_id, r.conversation_id) for r in finished
-               if r.webhook_config_id in ordered], worker_id=worker_id, now=now, postgres=True)
+        conn, [(r.delivery_id, r.webhook_config_id, r.conversation_id) for r in finished], worker_id=worker_id,
+        now=now, postgres=True)
 
 
 _other = deliveries.alias("other")
-_finished = deliveries.alias("finished")
-_head = deliveries.alias("head")
 
 
 def _of_conversation(table):
@@ -353,17 +342,25 @@ _promote_head = (
 PROMOTED_PER_CONVERSATION = 2
 
 
-def _queued_behind(offset: int):
-    # For each finished delivery with nothing of its conversation being sent or
-    # due: the id of its conversation's queued delivery number ``offset`` (from
-    # 0) in sequence order, one seek on ix_deliveries_order (NULL if none).
-    return (select(
-        select(_other.c.id)
-        .where(_same_conversation(_other, _finished), _other.c.status == literal_column(f"'{QUEUED}'"))
-        .order_by(_other.c.sequence).limit(1).offset(offset).scalar_subquery())
-        .where(_finished.c.id.in_(bindparam("b_finished", expanding=True)),
-               ~exists().where(_same_conversation(_head, _finished), _is_head_status(_head))))
-
+# PostgreSQL: of the finished deliveries' conversations, those whose
+# configuration is ordered now, and their sequence rows locked, in one order
+# (see promote_and_claim), all in one round trip. A SELECT in WITH runs only
+# if read: the count of the locked rows, one value, makes sure it is. The
+# ordering as it is now, not as it was at the claim: a configuration switched
+# to ordered meanwhile already queues new events behind this one.
+_lock_ordered_conversations_pg = text(f"""
+WITH ordered AS MATERIALIZED (
+    SELECT f.webhook_config_id, f.conversation_id
+    FROM unnest(CAST(:configs AS BIGINT[]), CAST(:conversations AS BIGINT[])) AS f(webhook_config_id, conversation_id)
+    JOIN webhook_configs AS c ON c.id = f.webhook_config_id
+    WHERE c.ordering = '{ORDERED}'),
+locked AS MATERIALIZED (
+    SELECT s.webhook_config_id FROM delivery_sequences AS s
+    WHERE (s.webhook_config_id, s.conversation_id) IN (SELECT * FROM ordered)
+    ORDER BY s.webhook_config_id, s.conversation_id
+    FOR UPDATE)
+SELECT webhook_config_id, conversation_id, (SELECT count(*) FROM locked) AS locked FROM ordered
+""")
 
 # One statement for a whole batch of finished heads: for each, the next
 # queued deliveries of its conversation (PROMOTED_PER_CONVERSATION of them),
@@ -372,15 +369,37 @@ def _queued_behind(offset: int):
 # row twice and cost a statement per conversation: measured with a transport
 # that answers at once, 30,000 deliveries over 1,000 conversations, 285 us of
 # CPU per delivery that way against 179 us without ordering.
-_promote_and_claim = (
-    update(deliveries)
-    .where(
-        _status_is(QUEUED),
-        deliveries.c.id.in_(union_all(*(_queued_behind(offset) for offset in range(PROMOTED_PER_CONVERSATION)))),
-    )
-    .values(status=DELIVERING, worker_id=bindparam("b_worker"), next_attempt_at=bindparam("b_now"))
-    .returning(*CLAIMED_COLUMNS)
-)
+#
+# On PostgreSQL one index seek on ix_deliveries_order per conversation (a
+# LATERAL ... LIMIT), and the finished ids as one array, so that the text, and
+# with it asyncpg's prepared statement, is the same every cycle. A seek per
+# place (OFFSET 0, 1: what SQLite has, _PROMOTE_AND_CLAIM_SQLITE) with one
+# parameter per id took 55 ms of each cycle in bench/ordering.py.
+_promote_and_claim_pg = text(f"""
+UPDATE deliveries SET status = '{DELIVERING}', worker_id = :worker, next_attempt_at = :now
+WHERE deliveries.status = '{QUEUED}' AND deliveries.id IN (
+    SELECT next.id
+    FROM deliveries AS finished
+    CROSS JOIN LATERAL (
+        SELECT other.id FROM deliveries AS other
+        WHERE other.webhook_config_id = finished.webhook_config_id
+          AND other.conversation_id = finished.conversation_id AND other.status = '{QUEUED}'
+        ORDER BY other.sequence LIMIT {PROMOTED_PER_CONVERSATION}) AS next
+    WHERE finished.id = ANY(CAST(:finished AS BIGINT[]))
+      AND NOT EXISTS (SELECT 1 FROM deliveries AS head
+                      WHERE head.webhook_config_id = finished.webhook_config_id
+                        AND head.conversation_id = finished.conversation_id
+                        AND head.status IN ({", ".join(f"'{status}'" for status in HEAD_STATUSES)})))
+RETURNING {", ".join(f"deliveries.{column.name}" for column in CLAIMED_COLUMNS)}
+""").columns(*CLAIMED_COLUMNS)
+
+
+def _one_per_conversation(finished: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """One finished delivery per (configuration, conversation): whose turn comes
+    next depends on the conversation only, and a head and its follower often
+    finish in the same cycle."""
+    return list({(config_id, conversation_id): (delivery_id, config_id, conversation_id)
+                 for delivery_id, config_id, conversation_id in finished}.values())
 
 
 async def promote_and_claim(conn: AsyncConnection, finished: Sequence[tuple[int, int, int]], *, worker_id: str,
@@ -389,26 +408,27 @@ async def promote_and_claim(conn: AsyncConnection, finished: Sequence[tuple[int,
     of an ordered conversation whose delivery finished, the next ``queued`` one
     becomes ``delivering`` by ``worker_id``: it is due now, and claiming it in
     the same write spares writing it twice. Returns the rows claimed (as
-    ``claim_due`` does).
+    ``claim_due`` does). Conversations of configurations that are not ordered
+    are left alone.
 
     On PostgreSQL the conversations' sequence rows are locked first, in one
     order: a writer adding an event to the same conversation holds that row
     until it commits (``outbox.record_events``), so a promotion never misses
     a delivery that was queued behind the one finishing.
     """
+    finished = _one_per_conversation(finished)
     if not finished:
         return []
     if not postgres:
-        return await in_sqlite_thread(conn, _sqlite_promote_and_claim, [delivery_id for delivery_id, _, _ in finished],
-                                      worker_id, now)
-    pairs = sorted({(config_id, conversation_id) for _, config_id, conversation_id in finished})
-    await conn.execute(
-        select(delivery_sequences.c.last_sequence)
-        .where(tuple_(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id).in_(pairs))
-        .order_by(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id)
-        .with_for_update())
-    return list((await conn.execute(_promote_and_claim, {
-        "b_finished": [delivery_id for delivery_id, _, _ in finished], "b_worker": worker_id, "b_now": now})).all())
+        return await in_sqlite_thread(conn, _sqlite_promote_finished, finished, worker_id, now)
+    ordered = {(row.webhook_config_id, row.conversation_id) for row in await conn.execute(
+        _lock_ordered_conversations_pg, {"configs": [config_id for _, config_id, _ in finished],
+                                         "conversations": [conversation_id for _, _, conversation_id in finished]})}
+    promoted = [delivery_id for delivery_id, *pair in finished if tuple(pair) in ordered]
+    if not promoted:
+        return []
+    return list((await conn.execute(_promote_and_claim_pg, {"finished": promoted, "worker": worker_id,
+                                                            "now": now})).all())
 
 
 async def promote_heads(conn: AsyncConnection, *, config_id: int, now: float) -> int:
@@ -518,8 +538,8 @@ _STILL_HELD_SQLITE = ("SELECT id FROM deliveries WHERE id IN (SELECT value FROM 
                       "AND status = 'delivering' AND worker_id = ?")
 _ORDERED_SQLITE = ("SELECT id FROM webhook_configs WHERE id IN (SELECT value FROM json_each(?)) "
                    f"AND ordering = '{ORDERED}'")
-# As _promote_and_claim, written for SQLite (the ids of the finished deliveries
-# are ?1, a JSON array).
+# As _promote_and_claim_pg, written for SQLite, which has no LATERAL: a seek per
+# place behind the head (the ids of the finished deliveries are ?1, a JSON array).
 _QUEUED_BEHIND_SQLITE = """
     SELECT (SELECT other.id FROM deliveries AS other
             WHERE other.webhook_config_id = finished.webhook_config_id
@@ -594,13 +614,16 @@ def _sqlite_apply_results(db, worker_id: str, parameters: list[tuple], rows: Seq
                           now: float) -> list:
     """``apply_results`` on SQLite: the updates, then the promotions of ordered conversations."""
     db.executemany(_APPLY_RESULTS_SQLITE, parameters)
-    finished = _finished_in_conversations(rows)
-    if not finished:
-        return []
+    finished = _one_per_conversation([(r.delivery_id, r.webhook_config_id, r.conversation_id)
+                                      for r in _finished_in_conversations(rows)])
+    return _sqlite_promote_finished(db, finished, worker_id, now) if finished else []
+
+
+def _sqlite_promote_finished(db, finished: Sequence[tuple[int, int, int]], worker_id: str, now: float) -> list:
     # The ordering as it is now, not as it was at the claim: a configuration
     # switched to ordered meanwhile already queues new events behind this one.
-    ordered = {row[0] for row in db.execute(_ORDERED_SQLITE, (_json_ids({r.webhook_config_id for r in finished}),))}
-    promoted = [r.delivery_id for r in finished if r.webhook_config_id in ordered]
+    ordered = {row[0] for row in db.execute(_ORDERED_SQLITE, (_json_ids({config for _, config, _ in finished}),))}
+    promoted = [delivery_id for delivery_id, config_id, _ in finished if config_id in ordered]
     return _sqlite_promote_and_claim(db, promoted, worker_id, now) if promoted else []
 
 
