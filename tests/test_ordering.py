@@ -93,6 +93,15 @@ async def add_conversation_events(engine, signer, org_id: int, count: int, conve
             await record_event(conn, org_id=org_id, event=event, signer=signer)
 
 
+async def one_conversation(engine, signer, count: int) -> tuple[int, int]:
+    """An organization, its ordered configuration (whose endpoint is never
+    reached) and ``count`` events of one conversation; returns their ids."""
+    org_id = await add_organization(engine)
+    config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
+    await add_conversation_events(engine, signer, org_id, count, 1)
+    return org_id, config_id
+
+
 async def status_counts(engine) -> dict[str, int]:
     async with engine.connect() as conn:
         return dict((await conn.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status))).all())
@@ -218,9 +227,7 @@ def test_initial_status(ordered, paused, waits, expected):
 async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
     signer = new_signer()
     async with database(sqlite_url) as engine:
-        org_id = await add_organization(engine)
-        config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
-        await add_conversation_events(engine, signer, org_id, 4, 1)
+        org_id, config_id = await one_conversation(engine, signer, 4)
         async with engine.begin() as conn:
             ids = (await conn.execute(select(deliveries.c.id).order_by(deliveries.c.sequence))).scalars().all()
             conversation_of = dict((await conn.execute(select(deliveries.c.id, deliveries.c.conversation_id))).all())
@@ -290,9 +297,7 @@ async def test_a_promotion_waits_for_a_writer_adding_to_its_conversation(postgre
     waited for ever."""
     signer = new_signer()
     async with database(postgres_url) as engine:
-        org_id = await add_organization(engine)
-        config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
-        await add_conversation_events(engine, signer, org_id, 1, 1)
+        org_id, config_id = await one_conversation(engine, signer, 1)
         async with engine.begin() as conn:
             head = (await conn.execute(select(deliveries.c.id, deliveries.c.conversation_id))).one()
             await conn.execute(update(deliveries).values(status="delivering", worker_id="w"))
@@ -336,9 +341,7 @@ async def test_a_reaped_worker_hands_back_a_head_pending_and_its_follower_queued
     monkeypatch.setattr(store, "_HAND_BACK_SLICE", hand_back_slice)
     signer = new_signer()
     async with database(db_url) as engine:
-        org_id = await add_organization(engine)
-        config_id = await add_configuration(engine, org_id, "http://127.0.0.1:9/hook")
-        await add_conversation_events(engine, signer, org_id, 4, 1)
+        org_id, config_id = await one_conversation(engine, signer, 4)
         postgres = engine.dialect.name == "postgresql"
         now = time.time()
         async with engine.begin() as conn:
