@@ -126,7 +126,7 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str, *, conversati
 
     With ``conversations``, the deliveries belong to that many conversations
     (each conversation to one endpoint) and are numbered in sequence within
-    each; with ``ordering="conversation"`` they are written as the outbox
+    each (the last numbers kept in ``delivery_sequences``, as by the outbox); with ``ordering="conversation"`` they are written as the outbox
     writes them then: each conversation's first ``pending``, the rest ``queued``.
     """
     from datetime import UTC, datetime
@@ -140,7 +140,7 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str, *, conversati
     from tidings.platform.outbox import new_webhook_id
     from tidings.store.engine import create_sync_engine
     from tidings.store.metadata import metadata
-    from tidings.store.platform_tables import deliveries, events, organizations, webhook_configs
+    from tidings.store.platform_tables import deliveries, delivery_sequences, events, organizations, webhook_configs
 
     signer = Signer(load_private_key(signer_key))
     engine = create_sync_engine(url)
@@ -186,6 +186,11 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str, *, conversati
                                       "attempt_count": 0, "next_attempt_at": due, "created_at": now})
             conn.execute(insert(events), event_rows)
             conn.execute(insert(deliveries), delivery_rows)
+    if sequences:  # each conversation's last number, as the outbox keeps it (and a promotion locks it)
+        with engine.begin() as conn:
+            conn.execute(insert(delivery_sequences), [
+                {"webhook_config_id": config_ids[conversation % len(urls)], "conversation_id": conversation,
+                 "last_sequence": last} for conversation, last in sequences.items()])
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
