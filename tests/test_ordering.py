@@ -262,7 +262,7 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
 async def test_a_promotion_follows_the_ordering_as_it_is_now_and_needs_no_sequence_row(db_url):
     """Only conversations of configurations ordered at the time of the promotion
     move on; and a conversation whose sequence row is missing (deliveries
-    written by hand, as bench/dispatch.py does) is promoted all the same."""
+    written by hand, say) is promoted all the same."""
     signer = new_signer()
     async with database(db_url) as engine:
         ordered_org, switched_org = await add_organization(engine), await add_organization(engine)
