@@ -73,6 +73,27 @@ def test_a_handler_that_fails_twice_runs_three_times_and_is_done(db_url):
     assert list_failures(svc.log, dead=None) == []
 
 
+def test_a_handler_sees_each_events_sequence_number(sqlite_url):
+    keys = Keys()
+    handlers = Handlers()
+    seen: dict[int, int | None] = {}
+
+    @handlers.on("message_created", name="numbers")
+    def numbers(event: ReceivedEvent) -> None:
+        seen[event.event.payload.message.id] = event.sequence
+
+    factory = SampleFactory(4)
+    bodies = [dump_event(factory.message_created(message={"id": 100 + n})) for n in range(3)]
+    svc = service_with(sqlite_url, keys, handlers)
+    with ServerThread(svc.app) as server:
+        for number, body in zip([1, 2], bodies):
+            answer = post(server.url + "/webhook", body, {**keys.headers(body), "X-Tidings-Sequence": str(number)})
+            assert answer.status_code == 200, answer.text
+        send(server, keys, bodies[2])  # no header: no number
+        wait_until(lambda: len(seen) == 3)
+    assert seen == {100: 1, 101: 2, 102: None}
+
+
 def test_a_handler_that_always_fails_is_dead_lettered_then_replayed(db_url):
     keys = Keys()
     handlers = Handlers()

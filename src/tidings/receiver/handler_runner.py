@@ -37,7 +37,8 @@ def handler_cursor(name: str) -> str:
 
 
 def received(stored: StoredEvent) -> ReceivedEvent:
-    return ReceivedEvent(stored.id, stored.event_type, stored.body, stored.webhook_id, stored.received_at)
+    return ReceivedEvent(stored.id, stored.event_type, stored.body, stored.webhook_id, stored.received_at,
+                         stored.sequence)
 
 
 @dataclass(frozen=True)

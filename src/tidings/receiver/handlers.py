@@ -51,6 +51,11 @@ class ReceivedEvent:
     body: bytes  # exactly as received
     webhook_id: str | None
     received_at: float
+    # X-Tidings-Sequence: the event's number within its conversation and
+    # webhook configuration, None if the request carried none. Handlers run in
+    # arrival order, which the platform's ordered delivery makes this order;
+    # a handler can use the number to notice a hole.
+    sequence: int | None = None
 
     @property
     def document(self) -> dict[str, Any]:
