@@ -126,7 +126,8 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str, *, conversati
 
     With ``conversations``, the deliveries belong to that many conversations
     (each conversation to one endpoint) and are numbered in sequence within
-    each (the last numbers kept in ``delivery_sequences``, as by the outbox); with ``ordering="conversation"`` they are written as the outbox
+    each, the last numbers kept in ``delivery_sequences`` as the outbox keeps
+    them; with ``ordering="conversation"`` they are written as the outbox
     writes them then: each conversation's first ``pending``, the rest ``queued``.
     """
     from datetime import UTC, datetime

@@ -120,8 +120,6 @@ async def claim_due(conn: AsyncConnection, *, worker_id: str, now: float, limit:
 
 async def load_bodies(conn: AsyncConnection, event_ids: Sequence[int]) -> dict[int, bytes]:
     """The frozen bodies of events, by event id."""
-    if conn.dialect.name == "sqlite":
-        return await in_sqlite_thread(conn, _sqlite_load_bodies, event_ids)
     rows = await conn.execute(select(events.c.id, events.c.body).where(events.c.id.in_(list(set(event_ids)))))
     return {row.id: row.body for row in rows}
 
@@ -129,8 +127,6 @@ async def load_bodies(conn: AsyncConnection, event_ids: Sequence[int]) -> dict[i
 async def load_configurations(conn: AsyncConnection, config_ids: Sequence[int]) -> dict[int, Row]:
     """What sending needs of configurations, as they are now (URL, secrets,
     custom headers, paused), by id: read once per claimed batch."""
-    if conn.dialect.name == "sqlite":
-        return await in_sqlite_thread(conn, _sqlite_load_configurations, config_ids)
     rows = await conn.execute(
         select(webhook_configs.c.id, webhook_configs.c.url, webhook_configs.c.secret,
                webhook_configs.c.previous_secret, webhook_configs.c.previous_secret_expires_at,
@@ -416,15 +412,16 @@ async def promote_and_claim(conn: AsyncConnection, finished: Sequence[tuple[int,
     until it commits (``outbox.record_events``), so a promotion never misses
     a delivery that was queued behind the one finishing.
     """
-    finished = _one_per_conversation(finished)
     if not finished:
         return []
     if not postgres:
         return await in_sqlite_thread(conn, _sqlite_promote_finished, finished, worker_id, now)
+    finished = _one_per_conversation(finished)
     ordered = {(row.webhook_config_id, row.conversation_id) for row in await conn.execute(
         _lock_ordered_conversations_pg, {"configs": [config_id for _, config_id, _ in finished],
                                          "conversations": [conversation_id for _, _, conversation_id in finished]})}
-    promoted = [delivery_id for delivery_id, *pair in finished if tuple(pair) in ordered]
+    promoted = [delivery_id for delivery_id, config_id, conversation_id in finished
+                if (config_id, conversation_id) in ordered]
     if not promoted:
         return []
     return list((await conn.execute(_promote_and_claim_pg, {"finished": promoted, "worker": worker_id,
@@ -488,8 +485,6 @@ async def release(conn: AsyncConnection, *, worker_id: str, rows: Sequence[Relea
 
 async def next_due_at(conn: AsyncConnection) -> float | None:
     """When the earliest pending delivery falls due (read from ``ix_deliveries_due``)."""
-    if conn.dialect.name == "sqlite":
-        return await in_sqlite_thread(conn, _sqlite_next_due_at)
     return (await conn.execute(select(func.min(deliveries.c.next_attempt_at)).where(_status_is(PENDING)))).scalar()
 
 
@@ -614,12 +609,12 @@ def _sqlite_apply_results(db, worker_id: str, parameters: list[tuple], rows: Seq
                           now: float) -> list:
     """``apply_results`` on SQLite: the updates, then the promotions of ordered conversations."""
     db.executemany(_APPLY_RESULTS_SQLITE, parameters)
-    finished = _one_per_conversation([(r.delivery_id, r.webhook_config_id, r.conversation_id)
-                                      for r in _finished_in_conversations(rows)])
+    finished = [(r.delivery_id, r.webhook_config_id, r.conversation_id) for r in _finished_in_conversations(rows)]
     return _sqlite_promote_finished(db, finished, worker_id, now) if finished else []
 
 
 def _sqlite_promote_finished(db, finished: Sequence[tuple[int, int, int]], worker_id: str, now: float) -> list:
+    finished = _one_per_conversation(finished)
     # The ordering as it is now, not as it was at the claim: a configuration
     # switched to ordered meanwhile already queues new events behind this one.
     ordered = {row[0] for row in db.execute(_ORDERED_SQLITE, (_json_ids({config for _, config, _ in finished}),))}

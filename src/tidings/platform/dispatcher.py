@@ -315,9 +315,7 @@ class Dispatcher:
                 job = endpoint.queue.popleft()
                 self._in_process -= 1
                 self._hand_back(job.row.id, store.PENDING, now)
-                for waiting in _chain(job.follower):
-                    self._in_process -= 1
-                    self._hand_back(waiting.row.id, store.QUEUED, now)
+                self._hand_back_followers(job, now)
         self._dismiss_idle_runners()
         self._signal.set()
 
@@ -499,13 +497,9 @@ class Dispatcher:
                     self._hand_back(follower.id, store.QUEUED, now)
                 continue
             queue = endpoint.queue
-            job = _Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature,
-                                     secrets, custom_headers, row.sequence))
-            last = job
-            for follower in chain:
-                last.follower = last = _Job(follower, Outgoing(
-                    url, bodies[follower.event_id], follower.webhook_id, follower.signature, secrets, custom_headers,
-                    follower.sequence))
+            job = last = _job_for(row, url, bodies, secrets, custom_headers)
+            for follower in chain:  # each sent after the one before
+                last.follower = last = _job_for(follower, url, bodies, secrets, custom_headers)
                 self._in_process += 1
             queue.append(job)
             endpoint.last_job_at = now
@@ -558,6 +552,12 @@ class Dispatcher:
         self._releases.append(store.ReleaseRow(delivery_id, status, when))
         self.stats.handed_back += 1
 
+    def _hand_back_followers(self, job: _Job, now: float) -> None:
+        """``job``'s followers (counted in process) will not be sent by this worker now: back ``queued``."""
+        for waiting in _chain(job.follower):
+            self._in_process -= 1
+            self._hand_back(waiting.row.id, store.QUEUED, now)
+
     # ------------------------------------------------------------ sending
 
     async def _run_endpoint(self, endpoint: _Endpoint) -> None:
@@ -578,9 +578,7 @@ class Dispatcher:
                     if result.decision.outcome is _DELIVERED and not self._stopping:
                         endpoint.queue.appendleft(follower)  # its turn came: next, on this connection
                     else:  # not yet (a retry), or not by this worker: they wait behind again
-                        for waiting in _chain(follower):
-                            self._in_process -= 1
-                            self._hand_back(waiting.row.id, store.QUEUED, now)
+                        self._hand_back_followers(job, now)
                 endpoint.note_completion(now)
                 results = self._results
                 if not results:
@@ -714,6 +712,12 @@ class Dispatcher:
                 self._dismiss_idle_runners(now)
             except Exception:
                 log.exception("heartbeat failed")
+
+
+def _job_for(row: Row, url: str, bodies: dict[int, bytes], secrets: list[str],
+             custom_headers: dict[str, str]) -> _Job:
+    return _Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature, secrets, custom_headers,
+                              row.sequence))
 
 
 def _followers(promoted: list[Row]) -> dict[int, list[Row]]:

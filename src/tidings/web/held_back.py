@@ -3,8 +3,9 @@
 With ordered delivery, a conversation's deliveries go one at a time: the
 head (``pending``, ``delivering`` or ``held``) goes first, the later ones
 wait ``queued`` (but for the head's follower, claimed with it by the same
-worker and sent after it: ``delivery_store.PROMOTED_PER_CONVERSATION``). The dashboard shows each conversation that has queued
-deliveries and says, from its head alone, what the rest wait for.
+worker and sent after it: ``delivery_store.PROMOTED_PER_CONVERSATION``).
+The dashboard shows each conversation that has queued deliveries and says,
+from its head alone, what the rest wait for.
 """
 
 from __future__ import annotations
