@@ -17,6 +17,8 @@ REQUIRE_POSTGRES = os.environ.get("TIDINGS_REQUIRE_POSTGRES") == "1"
 
 @pytest.fixture(scope="session")
 def seed_example_bytes() -> bytes:
+    if not SEED_EXAMPLE.is_file():  # the contract lives beside the repository, not in it
+        pytest.fail(f"the seed's example is missing: {SEED_EXAMPLE} (the checkout must sit beside shared/)")
     return SEED_EXAMPLE.read_bytes()
 
 
