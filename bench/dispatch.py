@@ -4,7 +4,6 @@
     python bench/dispatch.py --db postgresql://postgres@127.0.0.1:5432/test
     python bench/dispatch.py --isolation          # one of the 10 endpoints never answers
     python bench/dispatch.py --pending 1000000 --duration 30   # peak memory with 1,000,000 pending
-    python bench/dispatch.py --transport aiohttp  # the dispatcher on AiohttpTransport (default: lean)
 
 A local sink process (``bench/sink.py``) listens on 10 ports: 10 endpoints.
 The benchmark writes N pending deliveries (events of ``SampleFactory``,
@@ -138,7 +137,7 @@ def seed(url: str, urls: list[str], pending: int, signer_key: str, *, conversati
     from tidings.contract import dump_event
     from tidings.contract.samples import SampleFactory
     from tidings.contract.signing import Signer, generate_secret, load_private_key
-    from tidings.platform.outbox import new_webhook_id
+    from tidings.platform.deliveries.outbox import new_webhook_id
     from tidings.store.engine import create_sync_engine
     from tidings.store.metadata import metadata
     from tidings.store.platform_tables import deliveries, delivery_sequences, events, organizations, webhook_configs
@@ -244,17 +243,17 @@ async def child_bare(urls: list[str], bodies: list[bytes], requests: int, concur
 
 
 async def child_dispatch(url: str, signer_key: str, *, concurrency: int, batch: int, duration: float | None,
-                         attempt_timeout: float, transport: str) -> dict:
+                         attempt_timeout: float) -> dict:
     from tidings.contract.signing import Signer, load_private_key
-    from tidings.platform.dispatcher import Dispatcher
     from tidings.platform.settings import DeliverySettings
+    from tidings.platform.workers import build_dispatcher
     from tidings.store.engine import create_engine
 
     engine = create_engine(url)
     settings = DeliverySettings(allow_private_targets=True, allow_http=True, batch_size=batch,
                                 attempt_timeout=attempt_timeout)
-    dispatcher = Dispatcher(engine, Signer(load_private_key(signer_key)), settings, concurrency=concurrency,
-                            transport_kind=transport)
+    # Built as ``tidings serve`` and ``tidings worker`` build theirs.
+    dispatcher = build_dispatcher(engine, Signer(load_private_key(signer_key)), settings, concurrency=concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -290,7 +289,6 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--duration", type=float)
     parser.add_argument("--attempt-timeout", type=float, default=10.0)
-    parser.add_argument("--transport", default="lean")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -305,8 +303,7 @@ def child_main(argv: list[str]) -> None:
         result = run(child_bare(args.urls.split(","), bodies, args.requests, args.concurrency, args.per_endpoint))
     else:
         result = run(child_dispatch(args.db, args.key, concurrency=args.concurrency, batch=args.batch,
-                                    duration=args.duration, attempt_timeout=args.attempt_timeout,
-                                    transport=args.transport))
+                                    duration=args.duration, attempt_timeout=args.attempt_timeout))
     print(json.dumps(result), flush=True)
 
 
@@ -334,8 +331,7 @@ def dispatcher_run(args, urls: list[str], key: str, scratch: Path, sink: Sink, *
                 return sum(counts.get(path, 0) - goal[path] for path in healthy_paths) >= expected
 
         child = ["dispatch", "--db", database.url, "--key", key, "--concurrency", str(args.concurrency),
-                 "--batch", str(args.batch), "--attempt-timeout", str(args.attempt_timeout),
-                 "--transport", args.transport]
+                 "--batch", str(args.batch), "--attempt-timeout", str(args.attempt_timeout)]
         if args.duration:
             child += ["--duration", str(args.duration)]
         result = run_child(child, stop_when=stop_when, poll=0.2)
@@ -358,8 +354,6 @@ def main() -> None:
     parser.add_argument("--attempt-timeout", type=float, default=10.0)
     parser.add_argument("--duration", type=float, help="stop the dispatcher after this many seconds")
     parser.add_argument("--isolation", action="store_true", help="compare with one endpoint never answering")
-    parser.add_argument("--transport", choices=["lean", "aiohttp"], default="lean",
-                        help="the dispatcher's HTTP transport (the baseline is always bare aiohttp)")
     args = parser.parse_args()
 
     from tidings.contract.signing import generate_private_key, private_key_whsk
@@ -407,7 +401,7 @@ def throughput(args, key: str, scratch: Path) -> dict:
             "pending": args.pending, "endpoints": args.endpoints, "delivered": result["delivered"],
             "seconds": round(result["seconds"], 2), "peak_rss_mb": round(result["peak_rss_mb"], 1),
             "handed_back": result["handed_back"], "concurrency": args.concurrency, "batch": args.batch,
-            "duration_limit": args.duration, "transport": args.transport,
+            "duration_limit": args.duration,
             # CPU time per delivery (the dispatcher's process, its aiosqlite thread included) and per
             # bare request: their quotient is the ratio the rates would have with equal shares of the cores.
             "cpu_us_per_delivery": round(cpu_us, 1), "baseline_cpu_us_per_request": round(bare_cpu_us, 1),
@@ -435,7 +429,7 @@ def isolation(args, key: str, scratch: Path) -> dict:
     return {"bench": "dispatch-isolation", "store": store, "rate": round(isolated, 1),
             "baseline_rate": round(normal, 1), "ratio": round(isolated / normal, 3), "pending": args.pending,
             "endpoints": args.endpoints, "dead_endpoint": f"/hook/{dead}", "attempt_timeout": args.attempt_timeout,
-            "transport": args.transport, "load_average": _load_average()}
+            "load_average": _load_average()}
 
 
 if __name__ == "__main__":

@@ -55,14 +55,15 @@ def serve_platform(db_url: str, port: int) -> None:
     import uvicorn
 
     from tidings.contract.signing import Signer, generate_private_key
-    from tidings.platform.api.app import create_app, http_protocol, serving_gc
+    from tidings.apps import platform_app
+    from tidings.platform.api.app import http_protocol, serving_gc
     from tidings.platform.api.context import PlatformContext
     from tidings.platform.settings import DeliverySettings, PlatformSettings
     from tidings.store.engine import create_engine
 
     settings = PlatformSettings(db_url=db_url, delivery=DeliverySettings(allow_private_targets=True, allow_http=True))
     engine = create_engine(db_url, pool_size=20, max_overflow=0)
-    app = create_app(PlatformContext(settings=settings, engine=engine, signer=Signer(generate_private_key())))
+    app = platform_app(PlatformContext(settings=settings, engine=engine, signer=Signer(generate_private_key())))
     # As ``tidings serve`` runs it: with the ingestion fast path and its garbage collector settings.
     with serving_gc():
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http=http_protocol())

@@ -52,7 +52,7 @@ def flaky(request: dict, tries: int) -> tuple[int, bytes]:
 
 def seed_platform(platform: PlatformServer, healthy: Endpoint, struggling: Endpoint) -> None:
     from tidings.contract.samples import SampleFactory
-    from tidings.platform.outbox import record_event
+    from tidings.platform.deliveries.outbox import record_event
 
     shop = platform.tenant("Maison Lumière")
     platform.subscribe(shop, healthy.url, "message_created")
@@ -91,9 +91,10 @@ def hold_back_a_conversation(platform: PlatformServer, org_id: int) -> None:
     from sqlalchemy import select, update
 
     from tidings.contract.samples import SampleFactory
-    from tidings.platform import delivery_store
-    from tidings.platform.outbox import record_event
-    from tidings.store.platform_tables import deliveries
+    from sqlalchemy import insert
+
+    from tidings.platform.deliveries.outbox import record_event
+    from tidings.store.platform_tables import attempts, deliveries
 
     samples = SampleFactory(6)
     later = time.time() + 95
@@ -106,10 +107,11 @@ def hold_back_a_conversation(platform: PlatformServer, org_id: int) -> None:
             select(deliveries.c.id).where(deliveries.c.conversation_id == HELD_CONVERSATION)
             .order_by(deliveries.c.sequence))).scalars().first()
         first_try = datetime.now(UTC) - timedelta(seconds=50)
-        await delivery_store.record_attempts(conn, [
-            delivery_store.AttemptRow(head, number, first_try + timedelta(seconds=offset), duration, 503,
-                                      '{"error":"upstream busy, retry later"}', None,
-                                      {"Content-Type": "application/json"}, "worker-1")
+        await conn.execute(insert(attempts), [
+            {"delivery_id": head, "number": number, "started_at": first_try + timedelta(seconds=offset),
+             "duration_ms": duration, "status_code": 503,
+             "response_excerpt": '{"error":"upstream busy, retry later"}', "error": None,
+             "request_headers": {"Content-Type": "application/json"}, "worker_id": "worker-1"}
             for number, offset, duration in ((1, 0, 41.0), (2, 12, 38.5), (3, 45, 44.2))
         ])
         await conn.execute(update(deliveries).where(deliveries.c.id == head).values(

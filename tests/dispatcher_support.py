@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select
 import tidings.store.all_tables  # noqa: F401  (registers every table)
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import Signer, generate_private_key, generate_secret
-from tidings.platform.outbox import record_event
+from tidings.platform.deliveries.outbox import record_event
 from tidings.platform.settings import DeliverySettings
 from tidings.store.engine import create_engine, create_sync_engine
 from tidings.store.metadata import metadata
@@ -167,7 +167,7 @@ def bulk_pending(url: str, target: str, count: int, signer: Signer) -> None:
     deliveries, inserted in bulk (the outbox writes the same rows one event
     at a time; this is only quicker for large loads)."""
     from tidings.contract import dump_event
-    from tidings.platform.outbox import new_webhook_id
+    from tidings.platform.deliveries.outbox import new_webhook_id
     from tidings.store.platform_tables import events
 
     create_tables(url)

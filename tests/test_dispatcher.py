@@ -23,13 +23,26 @@ from tests.dispatcher_support import (
     scripted_endpoint,
 )
 from tidings.contract.signing import Verifier, generate_secret
-from tidings.platform import delivery_store as store
+from tidings.platform.deliveries import actions, leases
+from tidings.platform.deliveries.cycle import AttemptRow, ReleaseRow, ResultRow, cycle_of
 from tidings.platform.dispatcher import Dispatcher
+from tidings.store.sqlite import in_sqlite_thread, sqlite_datetime
 from tidings.store.engine import create_sync_engine
 from tidings.store.platform_tables import deliveries, events, webhook_configs
 from tidings.store.types import UTCDateTime
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def claim(conn, worker_id: str, now: float, limit: int) -> list:
+    """The dispatcher's claim of due deliveries, on the engine of ``conn``."""
+    return (await cycle_of(conn).claim(conn, worker_id=worker_id, now=now, limit=limit, promoted=[])).claimed
+
+
+async def record(conn, worker_id: str, now: float, *, attempts=(), results=(), releases=(), drops=()):
+    """The dispatcher's record of a cycle, on the engine of ``conn``."""
+    return await cycle_of(conn).record(conn, worker_id=worker_id, attempts=attempts, results=results,
+                                       releases=releases, drops=drops, now=now)
 
 
 async def deliver(engine, signer, settings=None, **kwargs) -> Dispatcher:
@@ -224,7 +237,7 @@ async def test_410_fails_the_delivery_and_pauses_the_configuration_until_resumed
         assert len(endpoint.on("/hook")) == 1  # nothing was sent while paused
 
         async with engine.begin() as conn:
-            assert await store.resume_configuration(conn, config_id=config_id, now=time.time(),
+            assert await actions.resume_configuration(conn, config_id=config_id, now=time.time(),
                                                     updated_at=datetime.now(UTC)) == 3
         await deliver(engine, signer)
         assert [row.status for row in await delivery_rows(engine)] == ["failed"] + ["delivered"] * 3
@@ -237,8 +250,8 @@ async def test_pausing_holds_pending_deliveries_and_a_claimed_one_of_a_paused_co
         config_id = await add_configuration(engine, org_id, endpoint.url("/hook"))
         await add_events(engine, signer, org_id, 4)
         async with engine.begin() as conn:
-            assert await store.pause_configuration(conn, config_id=config_id, reason="owner", now=datetime.now(UTC)) == 4
-            assert await store.pause_configuration(conn, config_id=config_id, reason="again", now=datetime.now(UTC)) is None
+            assert await actions.pause_configuration(conn, config_id=config_id, reason="owner", now=datetime.now(UTC)) == 4
+            assert await actions.pause_configuration(conn, config_id=config_id, reason="again", now=datetime.now(UTC)) is None
             # A delivery written by a writer that read "not paused" just before the pause:
             await conn.execute(update(deliveries).where(deliveries.c.id == 1).values(status="pending"))
         await deliver(engine, signer)
@@ -257,13 +270,13 @@ async def test_resend_and_recover_send_again_with_the_same_webhook_id(sqlite_url
         first, second = await delivery_rows(engine)
 
         async with engine.begin() as conn:
-            assert await store.resend(conn, delivery_id=first.id, paused=False, now=time.time())
+            assert await actions.resend(conn, delivery_id=first.id, now=time.time())
         await deliver(engine, signer)
         async with engine.begin() as conn:  # a pending or delivered one is not "failed"
-            assert await store.recover(conn, config_id=config_id, since=datetime.now(UTC) - timedelta(hours=1),
-                                       paused=False, now=time.time()) == 1
-            assert await store.recover(conn, config_id=config_id, since=datetime.now(UTC) - timedelta(hours=1),
-                                       paused=False, now=time.time()) == 0
+            assert await actions.recover(conn, config_id=config_id, since=datetime.now(UTC) - timedelta(hours=1),
+                                         now=time.time()) == 1
+            assert await actions.recover(conn, config_id=config_id, since=datetime.now(UTC) - timedelta(hours=1),
+                                         now=time.time()) == 0
         await deliver(engine, signer)
 
         assert [row.status for row in await delivery_rows(engine)] == ["delivered", "delivered"]
@@ -274,13 +287,14 @@ async def test_resend_and_recover_send_again_with_the_same_webhook_id(sqlite_url
 # ---------------------------------------------------------------- leases and callbacks
 
 
-async def test_on_final_runs_once_per_final_outcome_inside_the_recording_transaction(sqlite_url):
+async def test_on_finished_runs_once_per_final_outcome_inside_the_recording_transaction(sqlite_url):
     signer = new_signer()
     seen = []
 
-    async def on_final(conn, row, delivered):
-        seen.append((row.id, delivered))
-        await conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(last_error="noted"))
+    async def on_finished(conn, finished):
+        for row, delivered in finished:
+            seen.append((row.id, delivered))
+            await conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(last_error="noted"))
 
     async with scripted_endpoint(ok=[500, 200], no=[400]) as endpoint, database(sqlite_url) as engine:
         org_ok = await add_organization(engine, "ok")
@@ -289,7 +303,7 @@ async def test_on_final_runs_once_per_final_outcome_inside_the_recording_transac
         await add_configuration(engine, org_no, endpoint.url("/no"))
         await add_events(engine, signer, org_ok, 1)
         await add_events(engine, signer, org_no, 1)
-        await deliver(engine, signer, on_final=on_final)
+        await deliver(engine, signer, on_finished=on_finished)
         rows = await delivery_rows(engine)
         assert sorted(seen) == [(rows[0].id, True), (rows[1].id, False)]
         assert [row.last_error for row in rows] == ["noted", "noted"]
@@ -301,33 +315,28 @@ async def test_results_of_a_delivery_handed_to_another_worker_are_not_written(db
         org_id = await add_organization(engine)
         await add_configuration(engine, org_id, "http://127.0.0.1:9/never")
         await add_events(engine, signer, org_id, 2)
-        postgres = engine.dialect.name == "postgresql"
         now = time.time()
         async with engine.begin() as conn:
-            await store.register_worker(conn, worker_id="w1", hostname="h", pid=1, now=now - 60)
-            claimed = await store.claim_due(conn, worker_id="w1", now=now, limit=10, postgres=postgres)
+            await leases.register_worker(conn, worker_id="w1", hostname="h", pid=1, now=now - 60)
+            claimed = await claim(conn, "w1", now, 10)
             assert [row.attempt_count for row in claimed] == [0, 0]
-            assert await store.claim_due(conn, worker_id="w1", now=now, limit=10, postgres=postgres) == []
+            assert await claim(conn, "w1", now, 10) == []
         async with engine.begin() as conn:  # w1 stopped beating 60 s ago: its work goes back
-            assert await store.reap_stalled(conn, now=now, stale_after=15) == 2
-            assert not await store.heartbeat(conn, worker_id="w1", now=now)
-            taken = await store.claim_due(conn, worker_id="w2", now=now, limit=1, postgres=postgres)
-        late = [store.ResultRow(r.id, "failed", 1, now, 500, "late", datetime.now(UTC)) for r in claimed]
+            assert await leases.reap_stalled(conn, now=now, stale_after=15) == 2
+            assert not await leases.heartbeat(conn, worker_id="w1", now=now)
+            taken = await claim(conn, "w2", now, 1)
+        late = [ResultRow(r.id, "failed", 1, now, 500, "late", datetime.now(UTC)) for r in claimed]
         async with engine.begin() as conn:
-            held = await store.still_held(conn, worker_id="w1", delivery_ids=[r.id for r in claimed], postgres=postgres)
-            assert held == set()
-            await store.apply_results(conn, worker_id="w1", now=now, postgres=postgres, rows=late)
-            if postgres:  # the dispatcher's own path there: no still_held, the update says what it wrote
-                assert await store.apply_held_results(conn, worker_id="w1", now=now, rows=late) == (set(), [])
+            recorded = await record(conn, "w1", now, results=late)
+            assert (recorded.applied, recorded.dropped, recorded.promoted) == (set(), 0, [])
         rows = {row.id: row for row in await delivery_rows(engine)}
         assert rows[taken[0].id].status == "delivering" and rows[taken[0].id].worker_id == "w2"
         assert {row.status for row in rows.values()} == {"delivering", "pending"}  # nothing overwritten
-        if postgres:
-            async with engine.begin() as conn:
-                held, _ = await store.apply_held_results(conn, worker_id="w2", now=now, rows=[
-                    store.ResultRow(r.id, "delivered", 1, now, 200, None, datetime.now(UTC)) for r in claimed])
-            assert held == {taken[0].id}
-            assert {row.id: row.status for row in await delivery_rows(engine)}[taken[0].id] == "delivered"
+        async with engine.begin() as conn:
+            recorded = await record(conn, "w2", now, results=[
+                ResultRow(r.id, "delivered", 1, now, 200, None, datetime.now(UTC)) for r in claimed])
+        assert recorded.applied == {taken[0].id}
+        assert {row.id: row.status for row in await delivery_rows(engine)}[taken[0].id] == "delivered"
 
 
 async def test_statements_in_the_sqlite_thread_belong_to_the_callers_transaction(sqlite_url):
@@ -348,13 +357,13 @@ async def test_statements_in_the_sqlite_thread_belong_to_the_callers_transaction
         with pytest.raises(RuntimeError):
             async with engine.begin() as conn:
                 await conn.execute(update(deliveries).where(deliveries.c.id == second).values(last_error="async"))
-                assert await store.in_sqlite_thread(conn, mark, first, "rolled back") == "rolled back"
+                assert await in_sqlite_thread(conn, mark, first, "rolled back") == "rolled back"
                 seen = (await conn.execute(select(deliveries.c.last_error).where(deliveries.c.id == first))).scalar()
                 assert seen == "rolled back"
                 raise RuntimeError("abandon the transaction")
         assert [row.last_error for row in await delivery_rows(engine)] == [None, None]
         async with engine.begin() as conn:
-            assert await store.in_sqlite_thread(conn, mark, first, "kept") == "kept"
+            assert await in_sqlite_thread(conn, mark, first, "kept") == "kept"
             await conn.execute(update(deliveries).where(deliveries.c.id == second).values(last_error="async"))
         assert [row.last_error for row in await delivery_rows(engine)] == ["kept", "async"]
 
@@ -371,7 +380,7 @@ def test_the_raw_sqlite_writes_store_datetimes_as_sqlalchemy_does(value):
     with engine.begin() as conn:
         conn.execute(table.insert().values(id=1, at=value))
         stored = conn.execute(text("SELECT at FROM t")).scalar_one()
-    assert store._sqlite_datetime(value) == stored
+    assert sqlite_datetime(value) == stored
 
 
 async def test_batched_writes_touch_only_what_the_worker_holds_and_keep_every_field(db_url):
@@ -382,28 +391,25 @@ async def test_batched_writes_touch_only_what_the_worker_holds_and_keep_every_fi
         org_id = await add_organization(engine)
         await add_configuration(engine, org_id, "http://127.0.0.1:9/never")
         await add_events(engine, signer, org_id, 5)
-        postgres = engine.dialect.name == "postgresql"
         now = time.time()
         started = datetime(2026, 11, 29, 12, 0, 0, 250000, tzinfo=UTC)
         async with engine.begin() as conn:
-            claimed = sorted(row.id for row in await store.claim_due(conn, worker_id="w1", now=now, limit=5,
-                                                                     postgres=postgres))
+            claimed = sorted(row.id for row in await claim(conn, "w1", now, 5))
             assert len(claimed) == 5
             # one of them was handed to another worker meanwhile
             await conn.execute(update(deliveries).where(deliveries.c.id == claimed[4]).values(worker_id="w2"))
-            await store.record_attempts(conn, [store.AttemptRow(
+            recorded = await record(conn, "w1", now, attempts=[AttemptRow(
                 delivery_id=delivery_id, number=1, started_at=started, duration_ms=12.5, status_code=code,
                 response_excerpt=excerpt, error=error, request_headers={"webhook-id": f"msg_{delivery_id}"},
                 worker_id="w1") for delivery_id, code, excerpt, error in (
                     (claimed[0], 200, "ok", None), (claimed[1], 503, "busy", "http 503"),
-                    (claimed[2], None, None, "timeout: no answer"))])
-            await store.apply_results(conn, worker_id="w1", now=now, postgres=postgres, rows=[
-                store.ResultRow(claimed[0], "delivered", 1, now, 200, None, started),
-                store.ResultRow(claimed[1], "pending", 1, now + 30, 503, "http 503", None),
-                store.ResultRow(claimed[4], "failed", 1, now, 500, "not mine", started)])
-            await store.release(conn, worker_id="w1", rows=[
-                store.ReleaseRow(claimed[2], "held", now + 5), store.ReleaseRow(claimed[3], "pending", now + 7),
-                store.ReleaseRow(claimed[4], "pending", now + 9)])
+                    (claimed[2], None, None, "timeout: no answer"))], results=[
+                ResultRow(claimed[0], "delivered", 1, now, 200, None, started),
+                ResultRow(claimed[1], "pending", 1, now + 30, 503, "http 503", None),
+                ResultRow(claimed[4], "failed", 1, now, 500, "not mine", started)], releases=[
+                ReleaseRow(claimed[2], "held", now + 5), ReleaseRow(claimed[3], "pending", now + 7),
+                ReleaseRow(claimed[4], "pending", now + 9)])
+            assert recorded.applied == {claimed[0], claimed[1]}
         rows = {row.id: row for row in await delivery_rows(engine)}
         first, second, third, fourth, other = (rows[i] for i in claimed)
         assert (first.status, first.attempt_count, first.last_status_code, first.worker_id) == ("delivered", 1, 200, None)
@@ -433,10 +439,9 @@ async def test_claim_takes_due_pending_deliveries_oldest_first_through_the_parti
                 await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(next_attempt_at=due))
             await conn.execute(update(deliveries).where(deliveries.c.id == 5).values(status="held"))
             postgres = engine.dialect.name == "postgresql"
-            claimed = await store.claim_due(conn, worker_id="w", now=now, limit=2, postgres=postgres)
+            claimed = await claim(conn, "w", now, 2)
             assert sorted(row.id for row in claimed) == [2, 3]  # the two due first (RETURNING has no order)
-            assert [row.id for row in await store.claim_due(conn, worker_id="w", now=now, limit=9,
-                                                            postgres=postgres)] == [4]
+            assert [row.id for row in await claim(conn, "w", now, 9)] == [4]
             if postgres:
                 await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
                 plan = (await conn.exec_driver_sql(

@@ -23,14 +23,12 @@ from tests.dispatcher_support import (
 )
 from tidings.contract.signing import Verifier, generate_secret
 from tidings.platform.dispatcher import Dispatcher
-from tidings.platform.sender import DEFAULT_TRANSPORT, TRANSPORTS, sequence_header
 from tidings.store.platform_tables import deliveries, events
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("kind", TRANSPORTS)
-async def test_each_transport_delivers_signed_bytes_with_the_sequence_header_when_there_is_one(db_url, kind):
+async def test_the_transport_delivers_signed_bytes_with_the_sequence_header_when_there_is_one(db_url):
     signer = new_signer()
     secret = generate_secret()
     async with scripted_endpoint(hook=[503, 200]) as endpoint, database(db_url) as engine:
@@ -41,7 +39,7 @@ async def test_each_transport_delivers_signed_bytes_with_the_sequence_header_whe
         async with engine.begin() as conn:
             await conn.execute(update(deliveries).where(deliveries.c.event_id == first).values(sequence=7))
             await conn.execute(update(deliveries).where(deliveries.c.event_id == second).values(sequence=None))
-        dispatcher = Dispatcher(engine, signer, fast_settings(), transport_kind=kind)
+        dispatcher = Dispatcher(engine, signer, fast_settings())
         await asyncio.wait_for(dispatcher.run_until_idle(), 30)
 
         rows = {row.event_id: row for row in await delivery_rows(engine)}
@@ -59,20 +57,10 @@ async def test_each_transport_delivers_signed_bytes_with_the_sequence_header_whe
             assert Verifier(public_keys=[signer.private_key.public_key()]).verify(request.body, request.headers)
             assert Verifier(secrets=[secret]).verify(request.body, request.headers) == "v1"
             expected = "7" if event == first else "forged"  # a custom header cannot pose as the sequence
-            assert request.headers[sequence_header(signer)] == expected
+            assert request.headers[signer.headers.sequence] == expected
         for attempt in await attempt_rows(engine):
             sent = attempt.request_headers.get("X-Tidings-Sequence")
             assert sent == ("7" if attempt.delivery_id == rows[first].id else "forged")
-
-
-async def test_an_unknown_transport_is_refused_at_once(sqlite_url, monkeypatch):
-    async with database(sqlite_url) as engine:
-        with pytest.raises(ValueError, match="no transport 'curl'"):
-            Dispatcher(engine, new_signer(), fast_settings(), transport_kind="curl")
-        monkeypatch.setenv("TIDINGS_TRANSPORT", "aiohttp")
-        assert Dispatcher(engine, new_signer(), fast_settings()).transport_kind == "aiohttp"
-        monkeypatch.delenv("TIDINGS_TRANSPORT")
-        assert Dispatcher(engine, new_signer(), fast_settings()).transport_kind == DEFAULT_TRANSPORT == "lean"
 
 
 async def test_run_until_idle_waits_for_a_retry_written_after_a_claim_found_nothing(db_url):

@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from tests.platform_support import free_port, running_platform, serve
 from tidings.contract import MessageCreated, MessageUpdated, parse_event
 from tidings.contract.signing import Verifier, public_key_pem
-from tidings.platform.conversations import delivery_final_callback
-from tidings.platform.dispatcher import Dispatcher
+from tidings.platform.workers import build_dispatcher
 from tidings.store.platform_tables import deliveries
 
 pytestmark = pytest.mark.timeout(240)
@@ -30,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 async def dispatching(platform):
     """A dispatcher delivering the platform's deliveries, as ``tidings serve`` runs one."""
     stop = asyncio.Event()
-    dispatcher = Dispatcher(platform.engine, platform.signer, platform.context.settings.delivery,
-                            on_final=delivery_final_callback(platform.signer), poll_interval=0.05)
+    dispatcher = build_dispatcher(platform.engine, platform.signer, platform.context.settings.delivery,
+                                  poll_interval=0.05)
     task = asyncio.create_task(dispatcher.run(stop))
     try:
         yield dispatcher

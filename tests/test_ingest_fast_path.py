@@ -75,9 +75,9 @@ def fast_path_use(monkeypatch) -> dict[str, int]:
     counts = {"answered": 0, "let_go": 0}
     respond, let_go = IngestHttpProtocol._respond, IngestHttpProtocol._let_go
 
-    def counting_respond(self, *args):
+    def counting_respond(self, *args, **kwargs):
         counts["answered"] += 1
-        return respond(self, *args)
+        return respond(self, *args, **kwargs)
 
     def counting_let_go(self, *args):
         counts["let_go"] += 1

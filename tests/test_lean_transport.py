@@ -17,16 +17,15 @@ import time
 import pytest
 import uvicorn
 from aiohttp import web
-from aiohttp.abc import AbstractResolver
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tidings.platform import lean_transport
-from tidings.platform.lean_transport import DRAIN_LIMIT, EXCERPT_BYTES, LeanTransport
-from tidings.platform.sender import EXCERPT_CHARACTERS, USER_AGENT
-from tidings.platform.targets import TargetPolicy
+from tidings.platform.transport import lean as lean_transport
+from tidings.platform.transport.guard import TargetPolicy
+from tidings.platform.transport.lean import DRAIN_LIMIT, EXCERPT_BYTES, LeanTransport
+from tidings.platform.transport.types import EXCERPT_CHARACTERS, USER_AGENT
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -473,18 +472,16 @@ async def test_credentials_in_the_url_become_basic_authentication():
 # ---------------------------------------------------------------- the SSRF guard
 
 
-class FixedResolver(AbstractResolver):
+class FixedResolver:
     """Every name resolves to the given addresses (the DNS answer a test chooses)."""
 
     def __init__(self, *addresses: str) -> None:
         self.addresses = addresses
         self.asked: list[str] = []
 
-    async def resolve(self, host, port=0, family=socket.AF_INET):
+    async def resolve(self, host, port):
         self.asked.append(host)
-        return [{"hostname": host, "host": address, "port": port,
-                 "family": socket.AF_INET6 if ":" in address else socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST} for address in self.addresses]
+        return [(socket.AF_INET6 if ":" in address else socket.AF_INET, address) for address in self.addresses]
 
     async def close(self):
         pass

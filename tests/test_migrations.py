@@ -13,3 +13,45 @@ def test_migrations_build_the_declared_schema(db_url):
 def test_upgrade_is_idempotent(db_url):
     first = upgrade(db_url)
     assert upgrade(db_url) == first
+
+
+def test_the_deleted_configurations_migration_keeps_rows_and_frees_a_deleted_event_type(db_url):
+    """From the first schema, with an organization, a configuration, a delivery
+    and its attempt: the rows stay, a deleted configuration no longer holds its
+    event type, and a delivery's attempts go with it."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, func, insert, select, update
+
+    from tidings.store.engine import create_sync_engine
+    from tidings.store.platform_tables import attempts, deliveries, events, organizations, webhook_configs
+
+    assert upgrade(db_url, "ce25cb513307") == "ce25cb513307"
+    now = datetime.now(UTC)
+    engine = create_sync_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(organizations).values(id=1, name="Acme", created_at=now))
+            conn.exec_driver_sql(
+                "INSERT INTO webhook_configs (id, org_id, url, event_type, custom_headers, ordering, secret, paused, "
+                "created_at, updated_at) VALUES (1, 1, 'https://a.example/h', 'message_created', '{}', "
+                "'conversation', 'whsec_x', false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+            conn.execute(insert(events).values(id=1, org_id=1, event_type="message_created", body=b"{}",
+                                               created_at=now))
+            conn.execute(insert(deliveries).values(id=1, event_id=1, webhook_config_id=1, org_id=1,
+                                                   webhook_id="msg_1", signature="s", status="failed",
+                                                   attempt_count=1, next_attempt_at=0, created_at=now))
+            conn.execute(insert(attempts).values(delivery_id=1, number=1, started_at=now, duration_ms=1.0,
+                                                 request_headers={}))
+        assert upgrade(db_url) == head_revision()
+        assert schema_differences(db_url) == []
+        with engine.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(attempts)).scalar_one() == 1
+            conn.execute(update(webhook_configs).values(deleted_at=now))
+            conn.execute(insert(webhook_configs).values(
+                id=2, org_id=1, url="https://b.example/h", event_type="message_created", custom_headers={},
+                secret="whsec_y", created_at=now, updated_at=now))  # the event type is free again
+            conn.execute(delete(deliveries).where(deliveries.c.id == 1))
+            assert conn.execute(select(func.count()).select_from(attempts)).scalar_one() == 0
+    finally:
+        engine.dispose()

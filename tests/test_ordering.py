@@ -23,13 +23,22 @@ from sqlalchemy import func, select, update
 from tests.dispatcher_support import add_configuration, add_organization, database, fast_settings, new_signer
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import private_key_whsk
-from tidings.platform import delivery_store as store
+from tidings.platform.deliveries import actions, leases
+from tidings.platform.deliveries.cycle import cycle_of, one_per_conversation
+from tidings.platform.deliveries.outbox import initial_status, record_event
+from tidings.platform.deliveries.statements import PROMOTED_AT_MOST
 from tidings.platform.dispatcher import Dispatcher
-from tidings.platform.outbox import initial_status, record_event
 from tidings.store.platform_tables import deliveries, delivery_sequences, webhook_configs
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def promote_and_claim(conn, finished, worker_id: str, now: float) -> list:
+    """What the dispatcher's cycle does when heads finish: their conversations'
+    next deliveries are promoted and claimed by ``worker_id``."""
+    return await cycle_of(conn).promote(conn, finished, status="delivering", worker_id=worker_id, now=now,
+                                        per_conversation=PROMOTED_AT_MOST)
 
 
 class OrderedEndpoint:
@@ -237,24 +246,23 @@ async def test_resend_and_recover_wait_behind_the_conversation_head(sqlite_url):
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[0]).values(status="failed"))
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[1]).values(status="delivered"))
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[2]).values(status="pending"))
-            assert await store.resend(conn, delivery_id=ids[1], paused=False, now=time.time())
+            assert await actions.resend(conn, delivery_id=ids[1], now=time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert statuses == {ids[0]: "failed", ids[1]: "queued", ids[2]: "pending", ids[3]: "queued"}
             # the head finishes: the re-sent one (lower sequence) goes next, before the fourth, which
             # the same worker claims with it as its follower
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[2]).values(status="delivered"))
-            claimed = await store.promote_and_claim(conn, [(ids[2], config_id, conversation_of[ids[2]])], worker_id="w",
-                                                    now=time.time(), postgres=engine.dialect.name == "postgresql")
+            claimed = await promote_and_claim(conn, [(ids[2], config_id, conversation_of[ids[2]])], "w", time.time())
             assert [row.id for row in sorted(claimed, key=lambda row: row.sequence)] == [ids[1], ids[3]]
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert statuses == {ids[0]: "failed", ids[1]: "delivering", ids[2]: "delivered", ids[3]: "delivering"}
             # recovering the failed first one queues it behind the head being sent
             since = (await conn.execute(select(func.min(deliveries.c.created_at)))).scalar_one()
-            assert await store.recover(conn, config_id=config_id, since=since, paused=False, now=time.time()) == 1
+            assert await actions.recover(conn, config_id=config_id, since=since, now=time.time()) == 1
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert statuses[ids[0]] == "queued" and statuses[ids[1]] == "delivering"
             # ordering off: nothing waits any more
-            await store.ordering_changed(conn, config_id=config_id, ordering="none", now=time.time())
+            await actions.ordering_changed(conn, config_id=config_id, ordering="none", now=time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
             assert "queued" not in statuses.values()
 
@@ -281,9 +289,9 @@ async def test_a_promotion_follows_the_ordering_as_it_is_now_and_needs_no_sequen
             await conn.execute(delivery_sequences.delete())
             heads = [ids[ordered_config][0], ids[switched_config][0]]
             await conn.execute(update(deliveries).where(deliveries.c.id.in_(heads)).values(status="delivered"))
-            claimed = await store.promote_and_claim(
+            claimed = await promote_and_claim(
                 conn, [(row.id, row.webhook_config_id, row.conversation_id) for row in rows if row.id in heads],
-                worker_id="w", now=time.time(), postgres=engine.dialect.name == "postgresql")
+                "w", time.time())
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
         assert sorted(row.id for row in claimed) == ids[ordered_config][1:]
         assert [statuses[i] for i in ids[switched_config]] == ["delivered", "queued", "queued"]
@@ -310,8 +318,8 @@ async def test_a_promotion_waits_for_a_writer_adding_to_its_conversation(postgre
                 async with engine.begin() as conn:
                     await conn.execute(update(deliveries).where(deliveries.c.id == head.id)
                                        .values(status="delivered", worker_id=None))
-                    return await store.promote_and_claim(conn, [(head.id, config_id, head.conversation_id)],
-                                                         worker_id="w", now=time.time(), postgres=True)
+                    return await promote_and_claim(conn, [(head.id, config_id, head.conversation_id)], "w",
+                                                   time.time())
 
             promotion = asyncio.create_task(finish_head())
             await asyncio.sleep(0.5)
@@ -324,36 +332,34 @@ async def test_a_promotion_waits_for_a_writer_adding_to_its_conversation(postgre
 
 @given(st.lists(st.tuples(st.integers(1, 10**6), st.integers(1, 3), st.integers(1, 5)), max_size=40))
 def test_one_finished_delivery_per_conversation_stands_for_all(finished):
-    chosen = store._one_per_conversation(finished)
+    chosen = one_per_conversation(finished)
     pairs = [(config, conversation) for _, config, conversation in chosen]
     assert len(pairs) == len(set(pairs))
     assert set(pairs) == {(config, conversation) for _, config, conversation in finished}
     assert set(chosen) <= set(finished)
 
 
-@pytest.mark.parametrize("hand_back_slice", [1, store._HAND_BACK_SLICE])
+@pytest.mark.parametrize("hand_back_slice", [1, leases._HAND_BACK_SLICE])
 async def test_a_reaped_worker_hands_back_a_head_pending_and_its_follower_queued(db_url, hand_back_slice,
                                                                                   monkeypatch):
     """A promotion claims a conversation's next delivery and its follower for one
     worker; if that worker stops beating, the head is due again and the follower
     waits behind it, so that no two of the conversation can be sent at once
     (however the handed-back ids are sliced into statements)."""
-    monkeypatch.setattr(store, "_HAND_BACK_SLICE", hand_back_slice)
+    monkeypatch.setattr(leases, "_HAND_BACK_SLICE", hand_back_slice)
     signer = new_signer()
     async with database(db_url) as engine:
         org_id, config_id = await one_conversation(engine, signer, 4)
-        postgres = engine.dialect.name == "postgresql"
         now = time.time()
         async with engine.begin() as conn:
             ids = (await conn.execute(select(deliveries.c.id).order_by(deliveries.c.sequence))).scalars().all()
             conversation = (await conn.execute(select(deliveries.c.conversation_id))).scalars().first()
-            await store.register_worker(conn, worker_id="w1", hostname="h", pid=1, now=now - 60)
+            await leases.register_worker(conn, worker_id="w1", hostname="h", pid=1, now=now - 60)
             await conn.execute(update(deliveries).where(deliveries.c.id == ids[0]).values(status="delivered"))
-            claimed = await store.promote_and_claim(conn, [(ids[0], config_id, conversation)], worker_id="w1",
-                                                    now=now, postgres=postgres)
+            claimed = await promote_and_claim(conn, [(ids[0], config_id, conversation)], "w1", now)
             assert sorted(row.id for row in claimed) == [ids[1], ids[2]]
         async with engine.begin() as conn:
-            assert await store.reap_stalled(conn, now=now, stale_after=15) == 2
+            assert await leases.reap_stalled(conn, now=now, stale_after=15) == 2
             statuses = dict((await conn.execute(select(deliveries.c.id, deliveries.c.status))).all())
         assert [statuses[i] for i in ids] == ["delivered", "pending", "queued", "queued"]
 

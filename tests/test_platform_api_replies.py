@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from types import SimpleNamespace
+
 import pytest
+
 from sqlalchemy import select, update
 
 from tests.platform_support import running_platform
 from tidings.contract import parse_event
 from tidings.platform.conversations import (
-    delivery_final_callback,
-    on_delivery_final,
     receive_partner_message,
+    replies_settled_by,
     reply_refusal,
     retry_refusal,
+    settle_replies,
 )
+from tidings.platform.deliveries.cycle import FinishedDelivery
 from tidings.platform.partners import PartnerSimulator, partner_accepts
 from tidings.platform.settings import PartnerSettings
 from tidings.store.platform_tables import conversations, deliveries, events, messages
@@ -245,30 +249,32 @@ async def delivery_of(platform, message_id, event_type="message_created"):
     return rows[-1]
 
 
-async def test_on_delivery_final_settles_a_custom_channel_reply_exactly_once(platform):
+async def test_settling_a_custom_channel_reply_happens_exactly_once(platform):
     a = await platform.tenant("A")
     async with platform.client() as client:
         conversation_id = await custom_conversation(client, a)
         await subscribe(client, a, "message_created", "message_updated")
         delivered_reply = (await reply(client, a, conversation_id, content="one")).json()
         failed_reply = (await reply(client, a, conversation_id, content="two")).json()
-    callback = delivery_final_callback(platform.signer)
+    on_finished = replies_settled_by(platform.signer)
     for _ in range(2):  # called twice: the second call changes nothing
         async with platform.engine.begin() as conn:
-            await callback(conn, await delivery_of(platform, delivered_reply["id"]), True)
+            await on_finished(conn, [FinishedDelivery(await delivery_of(platform, delivered_reply["id"]), True)])
         async with platform.engine.begin() as conn:
-            await on_delivery_final(conn, await delivery_of(platform, failed_reply["id"]), False, signer=platform.signer)
+            await settle_replies(conn, [FinishedDelivery(await delivery_of(platform, failed_reply["id"]), False)],
+                                 signer=platform.signer)
     assert await status_of(platform, delivered_reply["id"]) == "Success"
     assert await status_of(platform, failed_reply["id"]) == "Failed"
     assert await events_of(platform, delivered_reply["id"]) == [("message_created", "Sending"), ("message_updated", "Success")]
     assert await events_of(platform, failed_reply["id"]) == [("message_created", "Sending"), ("message_updated", "Failed")]
     # The message_updated of the status change is itself delivered: that final outcome changes nothing.
     async with platform.engine.begin() as conn:
-        await callback(conn, await delivery_of(platform, failed_reply["id"], "message_updated"), True)
+        await on_finished(conn, [FinishedDelivery(await delivery_of(platform, failed_reply["id"], "message_updated"),
+                                                  True)])
     assert await status_of(platform, failed_reply["id"]) == "Failed"
 
 
-async def test_on_delivery_final_ignores_consumer_messages_and_tryouts(platform):
+async def test_settling_ignores_consumer_messages_and_tryouts(platform):
     a = await platform.tenant("A")
     async with platform.client() as client:
         await subscribe(client, a, "message_created")
@@ -276,9 +282,10 @@ async def test_on_delivery_final_ignores_consumer_messages_and_tryouts(platform)
         sent = (await reply(client, a, conversation_id)).json()
     consumer_message_id = (await platform.rows(select(messages.c.id).where(messages.c.sender_type == "Consumer")))[0].id
     async with platform.engine.begin() as conn:
-        await on_delivery_final(conn, await delivery_of(platform, consumer_message_id), False, signer=platform.signer)
-        tryout = {**(await delivery_of(platform, sent["id"]))._mapping, "is_tryout": True}
-        await on_delivery_final(conn, tryout, False, signer=platform.signer)
+        await settle_replies(conn, [FinishedDelivery(await delivery_of(platform, consumer_message_id), False)],
+                             signer=platform.signer)
+        tryout = SimpleNamespace(**{**(await delivery_of(platform, sent["id"]))._mapping, "is_tryout": True})
+        await settle_replies(conn, [FinishedDelivery(tryout, False)], signer=platform.signer)
     assert await status_of(platform, consumer_message_id) == "Success"
     assert await status_of(platform, sent["id"]) == "Sending"
     assert await platform.count(events) == 2
@@ -294,7 +301,7 @@ async def test_a_failed_custom_channel_reply_is_retried_through_the_webhook(plat
         async with platform.engine.begin() as conn:  # as a dispatcher would have: earlier ones sent, this one failed
             await conn.execute(update(deliveries).where(deliveries.c.id < first.id).values(status="delivered"))
             await conn.execute(update(deliveries).where(deliveries.c.id == first.id).values(status="failed"))
-            await on_delivery_final(conn, first, False, signer=platform.signer)
+            await settle_replies(conn, [FinishedDelivery(first, False)], signer=platform.signer)
         retried = await client.post(f"/v2/messages/{sent['id']}/retry", headers=a.headers)
     assert retried.status_code == 200 and retried.json()["status"] == "Sending"
     assert await events_of(platform, sent["id"]) == [
@@ -303,7 +310,7 @@ async def test_a_failed_custom_channel_reply_is_retried_through_the_webhook(plat
     second = await delivery_of(platform, sent["id"])
     assert second.status == "pending"
     async with platform.engine.begin() as conn:
-        await on_delivery_final(conn, second, True, signer=platform.signer)
+        await settle_replies(conn, [FinishedDelivery(second, True)], signer=platform.signer)
     assert await status_of(platform, sent["id"]) == "Success"
 
 

@@ -14,8 +14,8 @@ from tidings.platform import ingest_queue as ingest_queue_module
 from tidings.platform.conversations import MessagingError, NotFound, Refused
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.ingestion import ChannelMessage, IncomingMessage, IngestResult, ingest_messages
-from tidings.platform.outbox import record_event
-from tidings.platform.outbox import record_events
+from tidings.platform.deliveries.outbox import record_event
+from tidings.platform.deliveries.outbox import record_events
 from tidings.store.platform_tables import conversations, deliveries, events, messages, webhook_configs
 
 HOOK = "https://hooks.example.com/tidings"

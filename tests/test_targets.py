@@ -6,9 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver
 
 from tests.dispatcher_support import (
     add_configuration,
@@ -22,8 +20,8 @@ from tests.dispatcher_support import (
     scripted_endpoint,
 )
 from tidings.platform.dispatcher import Dispatcher
-from tidings.platform.sender import AiohttpTransport
-from tidings.platform.targets import (
+from tidings.platform.transport.lean import LeanTransport
+from tidings.platform.transport.guard import (
     GuardedResolver,
     RefusedAddress,
     TargetPolicy,
@@ -87,46 +85,36 @@ def test_address_refusal(address, refused):
     assert (address_refusal(ipaddress.ip_address(address)) is not None) is refused
 
 
-class FixedResolver(AbstractResolver):
+class FixedResolver:
     """Resolves every name to the given addresses (a DNS answer the test chooses)."""
 
     def __init__(self, *addresses: str) -> None:
         self.addresses = addresses
 
-    async def resolve(self, host, port=0, family=socket.AF_INET):
-        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST} for address in self.addresses]
+    async def resolve(self, host, port):
+        return [(socket.AF_INET, address) for address in self.addresses]
 
     async def close(self):
         pass
 
 
-async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting():
-    async with scripted_endpoint(hook=[200]) as endpoint:
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(FixedResolver("127.0.0.1")))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            with pytest.raises(aiohttp.ClientConnectorError) as failed:
-                await session.post(f"http://innocent.example:{endpoint.port}/hook", data=b"{}")
-        assert isinstance(failed.value.os_error, RefusedAddress)
-        assert "127.0.0.1 is a loopback address" in failed.value.os_error.reason
-        assert endpoint.received == []
-
-        # Among several addresses only the allowed ones are used; here none is left but loopback.
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(FixedResolver("10.0.0.1", "127.0.0.1")))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            with pytest.raises(aiohttp.ClientConnectorError):
-                await session.post(f"http://innocent.example:{endpoint.port}/hook", data=b"{}")
-        assert endpoint.received == []
+async def test_a_name_that_resolves_to_loopback_is_refused_when_resolving():
+    with pytest.raises(RefusedAddress) as refused:
+        await GuardedResolver(FixedResolver("127.0.0.1")).resolve("innocent.example", 443)
+    assert "127.0.0.1 is a loopback address" in refused.value.reason
+    # Among several addresses only the allowed ones are used; here none is left but loopback.
+    with pytest.raises(RefusedAddress):
+        await GuardedResolver(FixedResolver("10.0.0.1", "127.0.0.1")).resolve("innocent.example", 443)
 
 
 async def test_a_resolved_public_address_is_kept():
     guarded = GuardedResolver(FixedResolver("93.184.216.34", "127.0.0.1"))
-    assert [entry["host"] for entry in await guarded.resolve("example.com", 443)] == ["93.184.216.34"]
+    assert [address for _, address in await guarded.resolve("example.com", 443)] == ["93.184.216.34"]
 
 
 async def test_the_transport_refuses_a_private_target_without_a_request():
     async with scripted_endpoint(hook=[200]) as endpoint:
-        transport = AiohttpTransport(TargetPolicy(allow_http=True), attempt_timeout=2)
+        transport = LeanTransport(TargetPolicy(allow_http=True), attempt_timeout=2)
         try:
             answer = await transport.post(endpoint.url("/hook"), b"{}", {})
         finally:

@@ -12,20 +12,20 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import Signer, generate_private_key
-from tidings.platform import delivery_store, tenants
+from tidings.platform import tenants
 from tidings.platform.api.app import create_app
 from tidings.platform.api.context import PlatformContext
-from tidings.platform.outbox import record_event
+from tidings.platform.deliveries.outbox import record_event
 from tidings.platform.settings import DeliverySettings, PlatformSettings
 from tidings.store.engine import create_engine, create_sync_engine
-from tidings.store.platform_tables import deliveries, webhook_configs
+from tidings.store.platform_tables import attempts, deliveries, webhook_configs
 from tidings.web import dashboard, live
 from tidings.web.dashboard import mount_dashboard
-from tidings.web.dashboard_queries import DeliveryFilter
+from tidings.platform.deliveries.reads import DeliveryFilter
 from tidings.web.session import KEY_COOKIE, ORG_COOKIE
 from tests.browser.servers import Endpoint
 
@@ -89,10 +89,10 @@ class Dashboard:
                      created_at: datetime | None = None) -> None:
         """Records attempts as the dispatcher would, and leaves the delivery in ``status``."""
         async with self.engine.begin() as conn:
-            await delivery_store.record_attempts(conn, [
-                delivery_store.AttemptRow(delivery_id, number, NOW - timedelta(seconds=10 - number), ms, code,
-                                          "answer body" if code else None, error, {"Content-Type": "application/json"},
-                                          "w1")
+            await conn.execute(insert(attempts), [
+                {"delivery_id": delivery_id, "number": number, "started_at": NOW - timedelta(seconds=10 - number),
+                 "duration_ms": ms, "status_code": code, "response_excerpt": "answer body" if code else None,
+                 "error": error, "request_headers": {"Content-Type": "application/json"}, "worker_id": "w1"}
                 for number, (code, error, ms) in enumerate(answers, start=1)
             ])
             values = {"status": status, "attempt_count": len(answers), "finished_at": NOW}
@@ -225,7 +225,7 @@ async def test_each_organization_sees_only_its_own(dash):
 
 async def test_the_stream_sends_only_the_organizations_new_deliveries(dash):
     from tidings.web.dashboard import _deliveries_stream
-    from tidings.web.dashboard_queries import DeliveryFilter, Head, head
+    from tidings.platform.deliveries.reads import DeliveryFilter, Head, head
 
     acme = await dash.org("Acme", events=1)
     globex = await dash.org("Globex", events=1)
@@ -548,11 +548,9 @@ async def test_a_conversation_with_nothing_queued_is_not_held_back(dash):
 
 
 async def test_queued_is_a_status_like_the_others(dash):
-    from tidings.platform.delivery_store import STATUSES
-    from tidings.web.dashboard_queries import DELIVERY_STATUSES
+    from tidings.platform.deliveries.statuses import STATUSES
     from tidings.web.templating import render_macro
 
-    assert sorted(DELIVERY_STATUSES) == sorted(STATUSES)
     for status in STATUSES:
         assert f'class="badge status-{status}"' in render_macro("_rows.html", "status_badge", status=status)
     assert ".status-queued" in (dashboard.STATIC_DIR / "tidings.css").read_text()
@@ -587,7 +585,7 @@ async def test_a_queued_delivery_says_what_it_waits_behind(dash):
 
 async def test_the_deliveries_stream_redraws_the_held_back_section_after_a_change(dash, monkeypatch):
     from tidings.web.dashboard import _deliveries_stream
-    from tidings.web.dashboard_queries import head
+    from tidings.platform.deliveries.reads import head
 
     monkeypatch.setattr(dashboard, "HELD_BACK_REFRESH", 0.3)
     acme = await dash.org("Acme", events=0)
@@ -634,7 +632,7 @@ async def test_the_held_back_queries_use_the_ordering_indexes(sqlite_url):
     ix_deliveries_order, never a scan of the whole deliveries table."""
     from sqlalchemy import event, text
 
-    from tidings.web.dashboard_queries import held_back
+    from tidings.platform.deliveries.reads import held_back
 
     dash = Dashboard(sqlite_url)
     acme = await dash.org("Acme", events=0)

@@ -12,7 +12,7 @@ import pytest
 
 from tidings.contract import ContentType, SenderType
 from tidings.web import health, live, message_view, origin, session, templating
-from tidings.web.dashboard_queries import DeliveryFilter, Head
+from tidings.platform.deliveries.reads import DeliveryFilter, Head
 from tidings.web.health import AttemptOutcome, derived_circuit, health_of, percentile
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -137,11 +137,11 @@ def test_one_organizations_session_cannot_see_anothers_data(
 
 def test_a_conversation_held_back_shows_live_with_why(platform: PlatformServer, endpoint: Endpoint, page: Page):
     from tidings.contract import utcnow
-    from tidings.platform import delivery_store
+    from tidings.platform.deliveries import actions
 
     acme = platform.tenant("Acme")
     config_id = platform.subscribe(acme, endpoint.url)
-    platform.run(lambda conn: delivery_store.pause_configuration(conn, config_id=config_id, reason="maintenance",
+    platform.run(lambda conn: actions.pause_configuration(conn, config_id=config_id, reason="maintenance",
                                                                  now=utcnow()))
     sign_in(page, platform, acme, "/dashboard/deliveries")
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")

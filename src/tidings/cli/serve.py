@@ -105,14 +105,14 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     """Serves the API on ``host:port`` (and delivers) until stopped by a signal or ``stop``."""
     import uvicorn
 
-    from tidings.platform.api.app import create_app, http_protocol, serving_gc
+    from tidings.apps import platform_app
+    from tidings.platform.api.app import http_protocol, serving_gc
     from tidings.platform.api.context import PlatformContext
-    from tidings.platform.conversations import delivery_final_callback
-    from tidings.platform.dispatcher import Dispatcher
+    from tidings.platform.workers import build_dispatcher
     from tidings.store.engine import create_engine
 
     engine = create_engine(settings.db_url)
-    app = create_app(PlatformContext(settings=settings, engine=engine, signer=signer))
+    app = platform_app(PlatformContext(settings=settings, engine=engine, signer=signer))
     # A short graceful shutdown: the dashboard's live pages hold streams open. The
     # http protocol answers custom-channel ingestion without ASGI (fast_ingest).
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
@@ -120,8 +120,7 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     stop = stop or asyncio.Event()
     tasks = []
     if with_dispatcher:
-        dispatcher = Dispatcher(engine, signer, settings.delivery, on_final=delivery_final_callback(signer),
-                                concurrency=concurrency)
+        dispatcher = build_dispatcher(engine, signer, settings.delivery, concurrency=concurrency)
         app.state.dispatcher = dispatcher
         tasks.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
 

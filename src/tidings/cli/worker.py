@@ -77,8 +77,7 @@ def _run(coroutine) -> None:
 
 
 async def _work(db: str, signer: Signer, settings: DeliverySettings, concurrency: int, worker_id: str | None) -> None:
-    from tidings.platform.conversations import delivery_final_callback
-    from tidings.platform.dispatcher import Dispatcher
+    from tidings.platform.workers import build_dispatcher
     from tidings.store.engine import create_engine
 
     engine = create_engine(db)
@@ -86,8 +85,7 @@ async def _work(db: str, signer: Signer, settings: DeliverySettings, concurrency
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    dispatcher = Dispatcher(engine, signer, settings, worker_id=worker_id,
-                            on_final=delivery_final_callback(signer), concurrency=concurrency)
+    dispatcher = build_dispatcher(engine, signer, settings, concurrency=concurrency, worker_id=worker_id)
     logging.getLogger("tidings.worker").info("worker %s delivering from %s", dispatcher.worker_id, engine.url)
     try:
         await dispatcher.run(stop)

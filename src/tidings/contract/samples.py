@@ -39,7 +39,7 @@ _FIRST = ["Ana", "Ben", "Chloé", "David", "Emma", "Farid", "Giulia", "Hugo", "I
 _LAST = ["Martin", "Bernard", "Dubois", "Rossi", "García", "Nakamura", "Schmidt", "Okafor", "Silva", "Nguyen"]
 _CITIES = [("Paris", "75002", "FR"), ("Lyon", "69001", "FR"), ("Berlin", "10115", "DE"), ("Madrid", "28013", "ES"), ("Lisbon", "1100-148", "PT")]
 _SHOPS = ["Boulangerie du Coin", "Garage Central", "Optique Lumière", "Pizzeria Roma", "Fleurs & Co", "Salon Élégance"]
-_TEXTS = [
+CONSUMER_TEXTS = [
     "Hello, are you open on Sunday?",
     "Do you have this model in blue?",
     "Thanks a lot, see you tomorrow!",
@@ -49,8 +49,8 @@ _TEXTS = [
     "Bonjour, avez-vous encore des croissants ?",
     "Is parking available near the shop?",
 ]
-_REPLIES = ["Yes, we are open 9am-1pm.", "Of course, see you then!", "Let me check and come back to you.", "Your order ships today."]
-_MEDIA = {
+REPLY_TEXTS = ["Yes, we are open 9am-1pm.", "Of course, see you then!", "Let me check and come back to you.", "Your order ships today."]
+MEDIA_URLS = {
     "Image": "https://cdn.example.com/media/{n}.jpg",
     "Video": "https://cdn.example.com/media/{n}.mp4",
     "Audio": "https://cdn.example.com/media/{n}.ogg",
@@ -101,11 +101,11 @@ class SampleFactory:
         # goes through the whole life cycle.
         status = STATUSES[n % len(STATUSES)] if sender_type == SenderType.USER else MessageStatus.SUCCESS
         if content_type == ContentType.TEXT:
-            content = self.random.choice(_REPLIES if sender_type == SenderType.USER else _TEXTS)
+            content = self.random.choice(REPLY_TEXTS if sender_type == SenderType.USER else CONSUMER_TEXTS)
         elif content_type == ContentType.UNSUPPORTED:
             content = ""
         else:
-            content = _MEDIA[content_type].format(n=self.random.getrandbits(40))
+            content = MEDIA_URLS[content_type].format(n=self.random.getrandbits(40))
         is_user = sender_type == SenderType.USER
         fields: dict[str, Any] = {
             "id": self._next_id(),

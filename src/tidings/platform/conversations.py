@@ -3,7 +3,7 @@ simulated partners' inbound messages, and the contract events each one emits
 (ingestion from custom channels is in ``tidings.platform.ingestion``).
 
 Every write here runs in the caller's transaction and records its event
-there too (``tidings.platform.outbox.record_event``), so a change and its
+there too (``tidings.platform.deliveries.outbox.record_event``), so a change and its
 event commit together. Status changes are guarded in their ``WHERE``
 clause: a change that already happened is not made, nor emitted, twice.
 """
@@ -39,14 +39,15 @@ from tidings.contract import (
 )
 from tidings.contract.samples import CUSTOM_PARTNER
 from tidings.contract.signing import Signer
-from tidings.platform.outbox import record_event
+from tidings.platform import configurations
+from tidings.platform.deliveries.outbox import record_event
+from tidings.platform.deliveries.cycle import FinishedDelivery
 from tidings.store.platform_tables import (
     businesses,
     conversations,
     custom_channels,
     events,
     messages,
-    webhook_configs,
 )
 
 # A custom channel's conversations carry this partner name; the built-in
@@ -284,9 +285,7 @@ async def _check_can_send(conn: AsyncConnection, org_id: int, row: Mapping) -> N
     if refusal:
         raise Refused(refusal)
     if row["channel__id"] is not None:
-        carrier = (await conn.execute(select(webhook_configs.c.id).where(
-            webhook_configs.c.org_id == org_id, webhook_configs.c.event_type == "message_created"))).first()
-        if carrier is None:
+        if await configurations.for_event_type(conn, org_id=org_id, event_type="message_created") is None:
             raise Refused("replies on a custom channel leave through the organization's message_created webhook, "
                           "and this organization has none: create one with POST /v2/webhooks")
 
@@ -342,43 +341,39 @@ async def change_message_status(conn: AsyncConnection, signer: Signer, message_i
     return message
 
 
-def _field(row: Any, name: str) -> Any:
-    mapping = getattr(row, "_mapping", row)
-    return mapping[name] if isinstance(mapping, Mapping) else getattr(row, name)
+async def settle_replies(conn: AsyncConnection, finished: Sequence[FinishedDelivery], *, signer: Signer) -> None:
+    """The dispatcher's ``on_finished``: called once per cycle, inside the
+    transaction that records the deliveries that ended in it.
 
-
-async def on_delivery_final(conn: AsyncConnection, delivery_row: Any, delivered: bool, *, signer: Signer) -> None:
-    """Called by the dispatcher inside the transaction that records a
-    delivery's final outcome.
-
-    When the delivery carried the ``message_created`` of a business user's
+    When a delivery carried the ``message_created`` of a business user's
     reply still ``Sending`` on a bidirectional custom channel, the webhook was
-    the way out: the reply becomes ``Success`` (delivered) or ``Failed``.
-    Guarded on ``Sending``, so a second call for the same delivery does nothing.
+    the way out: the reply becomes ``Success`` (delivered) or ``Failed``. One
+    statement finds such replies among all of the cycle's deliveries; guarded
+    on ``Sending``, so a second call for the same delivery does nothing.
     """
-    if _field(delivery_row, "is_tryout"):
+    delivered = {delivery.row.event_id: delivery.delivered for delivery in finished if not delivery.row.is_tryout}
+    if not delivered:
         return
     carried = (await conn.execute(
-        select(messages.c.id).select_from(
+        select(events.c.id, messages.c.id).select_from(
             events.join(messages, messages.c.id == events.c.message_id)
             .join(custom_channels, custom_channels.c.id == messages.c.custom_channel_id))
-        .where(events.c.id == _field(delivery_row, "event_id"), events.c.event_type == "message_created",
+        .where(events.c.id.in_(sorted(delivered)), events.c.event_type == "message_created",
                messages.c.sender_type == str(SenderType.USER), messages.c.status == str(MessageStatus.SENDING),
                custom_channels.c.is_readonly.is_(False))
-    )).scalar()
-    if carried is None:
-        return
-    await change_message_status(conn, signer, carried, from_status=MessageStatus.SENDING,
-                                to_status=MessageStatus.SUCCESS if delivered else MessageStatus.FAILED)
+    )).all()
+    for event_id, message_id in carried:
+        await change_message_status(conn, signer, message_id, from_status=MessageStatus.SENDING,
+                                    to_status=MessageStatus.SUCCESS if delivered[event_id] else MessageStatus.FAILED)
 
 
-def delivery_final_callback(signer: Signer):
-    """``on_delivery_final`` bound to the platform's signer: ``await callback(conn, delivery_row, delivered)``."""
+def replies_settled_by(signer: Signer):
+    """``settle_replies`` bound to the platform's signer, as the dispatcher calls it."""
 
-    async def callback(conn: AsyncConnection, delivery_row: Any, delivered: bool) -> None:
-        await on_delivery_final(conn, delivery_row, delivered, signer=signer)
+    async def on_finished(conn: AsyncConnection, finished: Sequence[FinishedDelivery]) -> None:
+        await settle_replies(conn, finished, signer=signer)
 
-    return callback
+    return on_finished
 
 
 async def settle_partner_reply(conn: AsyncConnection, signer: Signer, message_id: int, accepted: bool) -> Message | None:

@@ -3,61 +3,23 @@ and schedules what comes next.
 
 Three loops share one process:
 
-- the claim loop takes due deliveries in batches (one statement, see
-  ``delivery_store.claim_due``) whenever there is room, and hands each to
-  its endpoint (scheme, host and port of the URL);
-- each endpoint has its own queue and at most ``max_per_endpoint`` requests
-  in flight, and a circuit breaker, so that a slow or dead endpoint holds at
+- the cycle loop: one write transaction at a time (``deliveries.cycle``)
+  records the results gathered since the last one and claims due
+  deliveries when there is room, and hands each claimed delivery to its
+  endpoint (scheme, host and port of the URL);
+- each endpoint has its own queue, at most ``max_per_endpoint`` requests in
+  flight and a circuit breaker, so that a slow or dead endpoint holds at
   most its own share of the dispatcher; deliveries claimed beyond what its
   queue may hold are handed back for a little later, unsent;
-- the flush loop writes the results of many attempts in one transaction:
-  the attempt rows, the new state of each delivery (guarded: a delivery whose
-  lease was lost meanwhile is left to its new owner), pauses after a
-  ``410 Gone``, and the ``on_final`` callback of each delivery that ended.
+- the heartbeat loop proves the worker alive, hands back the work of
+  workers whose heartbeat stopped, and purges deleted configurations.
 
-A fourth loop beats the worker's heartbeat and hands back the work of
-workers whose heartbeat stopped. Delivery is at least once: a worker that
-dies between a request and its flush lets another worker send it again.
-
-Each attempt is signed here, with its own timestamp (``sender.sign_and_post``:
-``v1a`` covers ``webhook-id`` and the timestamp, so no two attempts share a
-signature), and posted by the transport: ``lean`` (``LeanTransport``, the
-default) or ``aiohttp`` (``AiohttpTransport``), chosen with ``transport_kind``
-or the ``TIDINGS_TRANSPORT`` environment variable.
-
-What was measured to choose (the final figures are in ``docs/PERFORMANCE.md``,
-section Dispatcher; here ``bench/dispatch.py``, SQLite, 100,000 pending
-over 10 endpoints of the local sink, 2-core machine shared with other test
-suites, load average 4 to 7; CPU is the dispatcher process's user + system
-time per delivery, the aiosqlite thread included, which the machine's load
-disturbs less than the rate):
-
-- the transport: aiohttp 310 us of CPU per delivery and 1,990/s (ratio 0.28
-  to the bare aiohttp client of the same run); ``LeanTransport`` 175 to 178
-  us and 3,170 to 3,890/s (ratio 0.64 to 0.82). The same two transports
-  alone against the sink: 130 us and 30 us per request.
-- claiming ahead: with room for one batch beyond the requests in flight a
-  cycle (record, then claim) took 87 ms for 256 deliveries, and the requests
-  in flight fell to none at the median while it ran. ``CLAIM_AHEAD`` batches
-  beyond them keep more of them fed and make each cycle's transaction larger
-  (the cost of a cycle is partly per transaction): 60,000 deliveries,
-  alternating runs, CPU per delivery 162 to 181 us with 3 batches, 147 to 163
-  with 6, 154 to 171 with 8 or 10; 8 is kept (2,304 deliveries claimed at
-  most with the default settings, about 5 MB).
-- sender processes (signing and posting in 2 child processes, the claim and
-  the records here), tried and not kept: 2,430/s against 2,685/s in one
-  process under the same load, 241 us of CPU per delivery over all processes
-  against 186 us, and 80 to 110 MB more memory per child. On two shared cores
-  the extra processes bought no CPU that one process did not get, and the
-  pickling and the second event loop cost their share.
-- signing in a thread: cryptography holds the GIL while it signs (measured:
-  a signing thread beside a busy one takes as long as the two one after the
-  other), so a thread buys nothing.
-- on PostgreSQL, claims and records in two transactions side by side, tried
-  and not kept: 2,310/s against 2,490 to 2,510/s with one cycle. There the
-  server's work per delivery (writing the attempts took 100 ms of a 190 ms
-  cycle for 500 deliveries) is what limits, on the same two cores, and two
-  transactions at once only slowed each other.
+Delivery is at least once: a worker that dies between a request and its
+record lets another worker send it again. Each attempt is signed here, with
+its own timestamp (``transport.sign_and_post``), and posted by the
+``LeanTransport``. The choices that make the cycle fast (claiming ahead, one
+transaction per cycle, SQLite's statements in its driver's thread) are
+measured by ``bench/dispatch.py`` and ``bench/ordering.py`` (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -71,29 +33,39 @@ import secrets as _random
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.contract.signing import Signer
-from tidings.platform import delivery_store as store
+from tidings.platform import configurations
 from tidings.platform.circuit import CircuitBreaker, CircuitPolicy, CircuitState
+from tidings.platform.deliveries import actions, leases
+from tidings.platform.deliveries.cycle import (
+    AttemptRow,
+    CycleClaim,
+    FinishedDelivery,
+    ReleaseRow,
+    ResultRow,
+    cycle_for,
+)
+from tidings.platform.deliveries.statuses import DELIVERED, FAILED, HELD, PENDING, QUEUED
 from tidings.platform.retry import AttemptResult, Decision, ErrorKind, Outcome, RetryPolicy, decide
-from tidings.platform.sender import DEFAULT_TRANSPORT, TRANSPORTS, Answer, Outgoing, Transport, new_transport, sign_and_post
 from tidings.platform.settings import DeliverySettings
 from tidings.platform.sodium import sodium_signer
-from tidings.platform.targets import TargetPolicy
+from tidings.platform.transport import Answer, LeanTransport, Outgoing, TargetPolicy, Transport, sign_and_post
 
-__all__ = ["Dispatcher", "DispatcherStats", "OnFinal", "new_worker_id"]
+__all__ = ["Dispatcher", "DispatcherStats", "OnFinished", "new_worker_id"]
 
 log = logging.getLogger("tidings.dispatcher")
 
-OnFinal = Callable[[AsyncConnection, Row, bool], Awaitable[None]]
+
+# Called once per cycle, inside the transaction that records the deliveries that ended.
+OnFinished = Callable[[AsyncConnection, Sequence[FinishedDelivery]], Awaitable[None]]
 
 NO_ANSWER = (ErrorKind.TIMEOUT, ErrorKind.CONNECTION)
 # Enum members as plain names: in Python 3.11 reading ``CircuitState.CLOSED`` costs
@@ -104,17 +76,7 @@ _FAILED = Outcome.FAILED
 _RETRY = Outcome.RETRY
 RATE_WINDOW = 0.25  # seconds; an endpoint's pace is measured over one to two of these
 RUNNER_IDLE = 5.0  # seconds an endpoint's runners wait for more jobs before they end
-CLAIM_AHEAD = 8  # batches claimed beyond the requests in flight (see Dispatcher.capacity)
-# SQLite's page cache on the dispatcher's connections (SQLite's default is 2 MB).
-# With ordering, the next delivery of each of 1,000 conversations lies on a page
-# of its own; bench/ordering.py, 100,000 deliveries: with the default cache the
-# ordered run cost 10 to 13 % more CPU per delivery than the unordered one
-# (ratio 0.911 and 0.876), with 32 MB for every connection 6 % (0.949), with
-# it on the dispatcher's alone (this code) 2.5 to 14 % (0.979, 0.898, 0.879):
-# it helps, and does not settle the cost (docs/PERFORMANCE.md, "Ordering").
-# It adds at most 32 MB per connection the dispatcher writes with (one at a time).
-SQLITE_CACHE_KIB = 32 * 1024
-_SQLITE_CACHE = "tidings.dispatcher.sqlite_cache"
+CLAIM_AHEAD = 8  # batches claimed beyond the requests in flight (see Dispatcher.capacity; bench/dispatch.py)
 
 
 def new_worker_id() -> str:
@@ -138,16 +100,18 @@ class DispatcherStats:
     failed: int = 0
     retried: int = 0
     handed_back: int = 0  # claimed, then released unsent (endpoint saturated, configuration paused)
-    lost: int = 0  # results dropped because another worker owned the delivery by then
+    # Results not applied: another worker owned the delivery by then, it was
+    # deleted, or its configuration was (never retried).
+    dropped: int = 0
     flushes: int = 0
 
 
 @dataclass(slots=True)
 class _Job:
-    row: Row  # as claimed
+    row: Any  # as claimed
     outgoing: Outgoing
     # Ordered delivery: the next delivery of the same conversation, claimed with
-    # this one and sent once this one is delivered (store.PROMOTED_PER_CONVERSATION).
+    # this one and sent once this one is delivered (see tidings.platform.deliveries).
     follower: _Job | None = None
 
 
@@ -199,22 +163,23 @@ class _Endpoint:
 class Dispatcher:
     """Delivers every due delivery of the database, at least once.
 
-    ``on_final(conn, delivery_row, delivered)`` runs inside the transaction
-    that records a delivery's final outcome. ``concurrency`` bounds the
-    requests in flight over all endpoints; ``settings.max_per_endpoint`` those
-    to one endpoint.
+    ``on_finished(conn, finished)`` runs once per cycle, inside the
+    transaction that records the deliveries that ended in it (delivered or
+    finally failed). ``concurrency`` bounds the requests in flight over all
+    endpoints; ``settings.max_per_endpoint`` those to one endpoint.
     """
 
     def __init__(self, engine: AsyncEngine, signer: Signer, settings: DeliverySettings | None = None,
-                 worker_id: str | None = None, on_final: OnFinal | None = None, *,
-                 transport: Transport | None = None, transport_kind: str | None = None, concurrency: int = 256,
+                 worker_id: str | None = None, on_finished: OnFinished | None = None, *,
+                 transport: Transport | None = None, concurrency: int = 256,
                  circuit: CircuitPolicy | None = None, poll_interval: float = 0.5,
                  flush_interval: float = 0.02, queue_budget: float = 2.0, hand_back_delay: float = 1.0) -> None:
         self.engine = engine
         self.signer = sodium_signer(signer)  # the same signatures, for less than half the CPU
         self.settings = settings or DeliverySettings()
         self.worker_id = worker_id or new_worker_id()
-        self.on_final = on_final
+        self.on_finished = on_finished
+        self.cycle = cycle_for(engine)
         self.retry_policy = RetryPolicy.from_settings(self.settings)
         self.target_policy = TargetPolicy.from_settings(self.settings)
         self.circuit_policy = circuit or CircuitPolicy()
@@ -222,10 +187,8 @@ class Dispatcher:
         self.per_endpoint = max(1, min(self.settings.max_per_endpoint, self.concurrency))
         self.batch_size = max(1, self.settings.batch_size)
         # Claimed and not yet sent, over all endpoints: enough to keep every
-        # connection busy while the next cycle runs. A cycle claims at most what
-        # was sent during the last one plus room, so with room for one batch only
-        # the rate could never pass batch_size / cycle time (measured: 256 per
-        # 87 ms cycle held SQLite at 2,900/s with the event loop half idle).
+        # connection busy while the next cycle runs (with room for one batch
+        # only, the rate could never pass batch_size / cycle time).
         self.capacity = self.concurrency + CLAIM_AHEAD * self.batch_size
         # A claim waits until this much room is free; a runner wakes the cycle loop when it is.
         self._low_water = max(1, min(self.batch_size, self.concurrency) // 4)
@@ -240,19 +203,14 @@ class Dispatcher:
         self.stats = DispatcherStats()
         self._transport = transport
         self._owns_transport = transport is None
-        # The transport made when none is given; TIDINGS_TRANSPORT switches it without code.
-        self.transport_kind = transport_kind or os.environ.get("TIDINGS_TRANSPORT") or DEFAULT_TRANSPORT
-        if self.transport_kind not in TRANSPORTS:
-            raise ValueError(f"no transport {self.transport_kind!r}; one of {', '.join(TRANSPORTS)}")
-        self._postgres = engine.dialect.name == "postgresql"
-        self._write_lock = asyncio.Lock() if not self._postgres else None
         self._endpoints: dict[str, _Endpoint] = {}
         self._endpoint_keys: dict[str, str] = {}  # URL -> endpoint key
         self._runner_tasks: set[asyncio.Task] = set()
         self._in_process = 0  # claimed and not yet sent (queued or in flight)
         self._results: list[_Result] = []
         self._first_result_at = 0.0
-        self._releases: list[store.ReleaseRow] = []
+        self._releases: list[ReleaseRow] = []
+        self._drops: list[int] = []  # claimed deliveries of deleted configurations
         self._next_claim_at = 0.0
         self._nothing_due = False  # the last claim found nothing due, and nothing will be
         self._stopping = False
@@ -280,8 +238,7 @@ class Dispatcher:
     async def _serve(self, stop_event: asyncio.Event | None, *, until_idle: bool) -> None:
         self._stopping = False
         if self._transport is None:
-            self._transport = new_transport(self.transport_kind, self.target_policy,
-                                            attempt_timeout=self.settings.attempt_timeout,
+            self._transport = LeanTransport(self.target_policy, attempt_timeout=self.settings.attempt_timeout,
                                             concurrency=self.concurrency, per_endpoint=self.per_endpoint)
         await self._register()
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
@@ -314,41 +271,27 @@ class Dispatcher:
             while endpoint.queue:
                 job = endpoint.queue.popleft()
                 self._in_process -= 1
-                self._hand_back(job.row.id, store.PENDING, now)
+                self._hand_back(job.row.id, PENDING, now)
                 self._hand_back_followers(job, now)
         self._dismiss_idle_runners()
         self._signal.set()
 
-    # ------------------------------------------------------------ database access
-
-    @contextlib.asynccontextmanager
-    async def _writing(self):
-        """A write transaction. SQLite writes one at a time; queueing them here
-        rather than in SQLite's busy handler (which sleeps) keeps them quick."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self._write_lock, self.engine.begin() as conn:
-                if not conn.info.get(_SQLITE_CACHE):
-                    await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-                    conn.info[_SQLITE_CACHE] = True
-                yield conn
+    # ------------------------------------------------------------ registering
 
     async def _register(self) -> None:
         now = time.time()
-        async with self._writing() as conn:
-            await store.register_worker(conn, worker_id=self.worker_id, hostname=socket.gethostname()[:255],
-                                        pid=os.getpid(), now=now)
+        async with self.cycle.transaction() as conn:
+            await leases.register_worker(conn, worker_id=self.worker_id, hostname=socket.gethostname()[:255],
+                                         pid=os.getpid(), now=now)
             # A worker id is used by one process at a time: whatever this id holds is from a dead process.
-            await store.hand_back_held_by(conn, worker_id=self.worker_id)
-            await store.reap_stalled(conn, now=now, stale_after=self.settings.stale_after)
-            await store.reap_orphans(conn)
+            await leases.hand_back_held_by(conn, worker_id=self.worker_id)
+            await leases.reap_stalled(conn, now=now, stale_after=self.settings.stale_after)
+            await leases.reap_orphans(conn)
 
     async def _unregister(self) -> None:
         try:
-            async with self._writing() as conn:
-                await store.unregister_worker(conn, worker_id=self.worker_id)
+            async with self.cycle.transaction() as conn:
+                await leases.unregister_worker(conn, worker_id=self.worker_id)
         except Exception:  # the heartbeat stops anyway; others reap what is left
             log.exception("worker %s could not unregister", self.worker_id)
 
@@ -367,7 +310,7 @@ class Dispatcher:
             claim = 0
             if not self._stopping and room >= low_water and now >= self._next_claim_at:
                 claim = room
-            writes = len(self._results) + len(self._releases)
+            writes = len(self._results) + len(self._releases) + len(self._drops)
             write_due = writes and (self._stopping or len(self._results) >= self.batch_size
                                     or now - self._first_result_at >= self.flush_interval)
             if claim or write_due:
@@ -395,26 +338,31 @@ class Dispatcher:
         ``False`` if the database refused; the results are kept for the next cycle."""
         results, self._results = self._results, []
         releases, self._releases = self._releases, []
+        drops, self._drops = self._drops, []
         now = time.time()
-        claim = store.CycleClaim([], None)
+        claim = CycleClaim([], None)
+        kept: list[_Result] = []
+        dropped = 0
         try:
-            async with self._writing() as conn:
-                kept, promoted = await self._record(conn, results, releases, now) if results or releases else ([], [])
+            async with self.cycle.transaction() as conn:
+                promoted = []
+                if results or releases or drops:
+                    kept, dropped, promoted = await self._record(conn, results, releases, drops, now)
                 # Ordered deliveries promoted here were claimed by the same statement; no claim
                 # of pending ones follows unless one is due anyway (see _cycle_loop): with
-                # ordering, a claim after each promotion found nothing, at the cost of two
-                # statements per cycle (bench/ordering.py).
+                # ordering, a claim after each promotion found nothing (bench/ordering.py).
                 if claim_limit or promoted:
-                    claim = await store.claim_cycle(conn, worker_id=self.worker_id, now=now, claim_limit=claim_limit,
-                                                    claimed=promoted, postgres=self._postgres)
+                    claim = await self.cycle.claim(conn, worker_id=self.worker_id, now=now, limit=claim_limit,
+                                                   promoted=promoted)
         except Exception:
             log.exception("a dispatcher cycle failed; its results are kept and written again")
             self._results[:0] = results
             self._releases[:0] = releases
+            self._drops[:0] = drops
             self._first_result_at = now - self.flush_interval  # write them as soon as the database allows
             return False
-        if results or releases:
-            self._count(results, kept)
+        if results or releases or drops:
+            self._count(results, kept, dropped)
             # Retries and hand-backs are pending again: "nothing due" holds only once a
             # claim after them says so (in this transaction, or in a later one).
             self._nothing_due = False
@@ -436,28 +384,30 @@ class Dispatcher:
                 self._next_claim_at = max(self._next_claim_at, now + self.poll_interval)
         return True
 
-    async def _record(self, conn: AsyncConnection, results: list[_Result], releases: list[store.ReleaseRow],
-                      now: float) -> tuple[list[_Result], list[Row]]:
+    async def _record(self, conn: AsyncConnection, results: list[_Result], releases: list[ReleaseRow],
+                      drops: list[int], now: float) -> tuple[list[_Result], int, list]:
         """Write attempts and the deliveries' new states; returns the results
-        whose delivery this worker still held (the others were left alone),
-        and the ordered deliveries whose turn came and that were claimed."""
+        that were applied (this worker still held their delivery, and its
+        configuration was not deleted), how many deliveries were dropped, and
+        the ordered deliveries whose turn came and that were claimed."""
         finished_at = datetime.now(UTC)
-        recorded = await store.record_cycle(
+        recorded = await self.cycle.record(
             conn, worker_id=self.worker_id, attempts=[self._attempt_row(result) for result in results],
-            results=[self._result_row(result, finished_at) for result in results], releases=releases, now=now,
-            postgres=self._postgres)
-        kept = [result for result in results if result.job.row.id in recorded.held]
+            results=[self._result_row(result, finished_at) for result in results], releases=releases, drops=drops,
+            now=now)
+        kept = [result for result in results if result.job.row.id in recorded.applied]
         for result in kept:
             if result.decision.pause_configuration:
-                await store.pause_configuration(conn, config_id=result.job.row.webhook_config_id,
-                                                reason=result.decision.reason, now=finished_at)
-        if self.on_final is not None:
-            for result in kept:
-                if result.decision.outcome is not _RETRY:
-                    await self.on_final(conn, result.job.row, result.decision.outcome is _DELIVERED)
-        return kept, recorded.claimed
+                await actions.pause_configuration(conn, config_id=result.job.row.webhook_config_id,
+                                                  reason=result.decision.reason, now=finished_at)
+        if self.on_finished is not None:
+            finished = [FinishedDelivery(result.job.row, result.decision.outcome is _DELIVERED) for result in kept
+                        if result.decision.outcome is not _RETRY]
+            if finished:
+                await self.on_finished(conn, finished)
+        return kept, recorded.dropped, recorded.promoted
 
-    def _route(self, claimed: list[Row], bodies: dict[int, bytes], configs: dict[int, Row], now: float, *,
+    def _route(self, claimed: list, bodies: dict[int, bytes], configs: dict[int, Any], now: float, *,
                promoted: int = 0) -> int:
         """Queue claimed deliveries at their endpoints; returns how many were
         handed back because their endpoint was saturated. The first
@@ -469,32 +419,39 @@ class Dispatcher:
         sending = {}  # per configuration: (endpoint, queue limit, URL, live secrets, custom headers, paused)
         limits: dict[str, int] = {}  # per endpoint, for this batch (its pace changes slowly)
         for config_id, config in configs.items():
+            if config.deleted:
+                continue
             endpoint = self._endpoint(config.url, now)
             limit = limits.get(endpoint.key)
             if limit is None:
                 limit = limits[endpoint.key] = self._queue_limit(endpoint, now)
-            secrets = store.live_secrets(config.secret, config.previous_secret,
-                                         config.previous_secret_expires_at, now)
+            secrets = configurations.live_secrets(config.secret, config.previous_secret,
+                                                  config.previous_secret_expires_at, now)
             sending[config_id] = (endpoint, limit, config.url, secrets, dict(config.custom_headers or {}),
                                   config.paused)
         per_endpoint = self.per_endpoint
         for row in claimed:
             if row.id in following:
                 continue  # goes with the delivery before it
-            endpoint, limit, url, secrets, custom_headers, paused = sending[row.webhook_config_id]
+            target = sending.get(row.webhook_config_id)
+            if target is None:  # its configuration was deleted: never sent, gone with its followers
+                self._drops.append(row.id)
+                self._drops.extend(follower.id for follower in followers.get(row.id, ()))
+                continue
+            endpoint, limit, url, secrets, custom_headers, paused = target
             chain = followers.get(row.id, ())
             if self._stopping or paused or len(endpoint.queue) >= limit:
                 if self._stopping:
-                    self._hand_back(row.id, store.PENDING, now)
+                    self._hand_back(row.id, PENDING, now)
                 elif paused:
-                    self._hand_back(row.id, store.HELD, now)
+                    self._hand_back(row.id, HELD, now)
                 else:
                     # Saturated: back to the database for a little later, not an attempt.
-                    self._hand_back(row.id, store.PENDING, now + self._hand_back_wait(endpoint, now))
+                    self._hand_back(row.id, PENDING, now + self._hand_back_wait(endpoint, now))
                     self._saturated.add(endpoint.key)
                     saturated += 1
                 for follower in chain:  # waits behind it again
-                    self._hand_back(follower.id, store.QUEUED, now)
+                    self._hand_back(follower.id, QUEUED, now)
                 continue
             queue = endpoint.queue
             job = last = _job_for(row, url, bodies, secrets, custom_headers)
@@ -549,14 +506,14 @@ class Dispatcher:
         return max(0.05, wait) * (0.75 + 0.5 * random.random())
 
     def _hand_back(self, delivery_id: int, status: str, when: float) -> None:
-        self._releases.append(store.ReleaseRow(delivery_id, status, when))
+        self._releases.append(ReleaseRow(delivery_id, status, when))
         self.stats.handed_back += 1
 
     def _hand_back_followers(self, job: _Job, now: float) -> None:
         """``job``'s followers (counted in process) will not be sent by this worker now: back ``queued``."""
         for waiting in _chain(job.follower):
             self._in_process -= 1
-            self._hand_back(waiting.row.id, store.QUEUED, now)
+            self._hand_back(waiting.row.id, QUEUED, now)
 
     # ------------------------------------------------------------ sending
 
@@ -655,11 +612,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------ recording
 
-    def _count(self, results: list[_Result], kept: list[_Result]) -> None:
+    def _count(self, results: list[_Result], kept: list[_Result], dropped: int) -> None:
         stats = self.stats
         stats.flushes += 1
         stats.attempts += len(results)
-        stats.lost += len(results) - len(kept)
+        stats.dropped += len(results) - len(kept)
         for result in kept:
             outcome = result.decision.outcome
             if outcome is _DELIVERED:
@@ -668,29 +625,30 @@ class Dispatcher:
                 stats.failed += 1
             else:
                 stats.retried += 1
-        if len(results) != len(kept):
-            log.warning("%d results dropped: their deliveries were handed to another worker meanwhile",
-                        len(results) - len(kept))
+        if len(results) != len(kept) or dropped:
+            log.warning("%d results dropped (their delivery was handed to another worker, or deleted, or its "
+                        "configuration was); %d deliveries of deleted configurations removed",
+                        len(results) - len(kept), dropped)
 
-    def _attempt_row(self, result: _Result) -> store.AttemptRow:
+    def _attempt_row(self, result: _Result) -> AttemptRow:
         answer = result.answer
-        return store.AttemptRow(
+        return AttemptRow(
             delivery_id=result.job.row.id, number=result.job.row.attempt_count + 1,
             started_at=datetime.fromtimestamp(answer.started_at, UTC), duration_ms=round(answer.duration_ms, 3),
             status_code=answer.status_code, response_excerpt=answer.excerpt,
             error=_error_text(answer), request_headers=result.headers, worker_id=self.worker_id)
 
     @staticmethod
-    def _result_row(result: _Result, finished_at: datetime) -> store.ResultRow:
+    def _result_row(result: _Result, finished_at: datetime) -> ResultRow:
         decision = result.decision
         row = result.job.row
         if decision.outcome is _RETRY:
-            status, next_at, finished = store.PENDING, decision.retry_at, None
+            status, next_at, finished = PENDING, decision.retry_at, None
         else:
-            status = store.DELIVERED if decision.outcome is _DELIVERED else store.FAILED
+            status = DELIVERED if decision.outcome is _DELIVERED else FAILED
             next_at, finished = result.answer.started_at, finished_at
         last_error = None if decision.outcome is _DELIVERED else decision.reason[:1000]
-        return store.ResultRow(row.id, status, row.attempt_count + 1, next_at, result.answer.status_code,
+        return ResultRow(row.id, status, row.attempt_count + 1, next_at, result.answer.status_code,
                                last_error, finished, row.webhook_config_id, row.conversation_id)
 
     # ------------------------------------------------------------ liveness
@@ -700,30 +658,36 @@ class Dispatcher:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 now = time.time()
-                async with self._writing() as conn:
-                    if not await store.heartbeat(conn, worker_id=self.worker_id, now=now):
+                async with self.cycle.transaction() as conn:
+                    if not await leases.heartbeat(conn, worker_id=self.worker_id, now=now):
                         log.warning("worker %s was declared dead; its deliveries were handed back", self.worker_id)
-                        await store.register_worker(conn, worker_id=self.worker_id,
-                                                    hostname=socket.gethostname()[:255], pid=os.getpid(), now=now)
-                    handed_back = await store.reap_stalled(conn, now=now, stale_after=self.settings.stale_after)
+                        await leases.register_worker(conn, worker_id=self.worker_id,
+                                                     hostname=socket.gethostname()[:255], pid=os.getpid(), now=now)
+                    handed_back = await leases.reap_stalled(conn, now=now, stale_after=self.settings.stale_after)
                 if handed_back:
                     log.warning("handed back %d deliveries of stalled workers", handed_back)
                     self.wake()
                 self._dismiss_idle_runners(now)
             except Exception:
                 log.exception("heartbeat failed")
+            try:  # apart: a writer racing a purge fails the purge, never the heartbeat
+                async with self.cycle.transaction() as conn:
+                    await actions.purge_deleted_configurations(conn)
+            except Exception:
+                log.warning("purging deleted configurations failed; trying again at the next heartbeat",
+                            exc_info=True)
 
 
-def _job_for(row: Row, url: str, bodies: dict[int, bytes], secrets: list[str],
+def _job_for(row: Any, url: str, bodies: dict[int, bytes], secrets: list[str],
              custom_headers: dict[str, str]) -> _Job:
     return _Job(row, Outgoing(url, bodies[row.event_id], row.webhook_id, row.signature, secrets, custom_headers,
                               row.sequence))
 
 
-def _followers(promoted: list[Row]) -> dict[int, list[Row]]:
+def _followers(promoted: list) -> dict[int, list]:
     """Of deliveries claimed by promotion, each conversation's later ones in
     sequence order, by the id of its first."""
-    by_conversation: dict[tuple[int, int], list[Row]] = {}
+    by_conversation: dict[tuple[int, int], list] = {}
     for row in promoted:
         by_conversation.setdefault((row.webhook_config_id, row.conversation_id), []).append(row)
     followers = {}

@@ -25,6 +25,10 @@ from tidings.store.platform_tables import (
 )
 
 
+async def organization_name(conn: AsyncConnection, org_id: int) -> str | None:
+    return (await conn.execute(select(organizations.c.name).where(organizations.c.id == org_id))).scalar()
+
+
 class TenantError(ValueError):
     """A set-up request that cannot be carried out; ``str()`` says why."""
 

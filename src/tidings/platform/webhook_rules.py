@@ -20,8 +20,10 @@ MAX_HEADER_KEY_LENGTH = 128
 MAX_HEADER_VALUE_LENGTH = 512
 FORBIDDEN_KEY_CHARACTERS = frozenset(' ()<>@,;:\\"/[]?={}')
 MAX_URL_LENGTH = 2000  # the width of webhook_configs.url
-ORDERINGS = ("conversation", "none")
-DEFAULT_ORDERING = "conversation"
+BY_CONVERSATION = "conversation"  # ordered delivery: a conversation's events one after the other
+UNORDERED = "none"
+ORDERINGS = (BY_CONVERSATION, UNORDERED)
+DEFAULT_ORDERING = BY_CONVERSATION
 MIN_PER_PAGE = 1
 MAX_PER_PAGE = 100
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import parse_qs
 
 from tidings.contract import EventError, MessageCreated, MessageUpdated, parse_event
+from tidings.contract.headers import VendorHeaders
 from tidings.contract.signing import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -43,7 +44,7 @@ from tidings.receiver.answers import BUSY, Answer, not_an_event, unauthorized
 from tidings.receiver.dedupe import dedupe_key
 from tidings.receiver.group_commit import GroupCommitter, settle
 from tidings.receiver.log import EVENT, QUARANTINE, EventLog, QuarantinedBody, Record, ReprocessOutcome
-from tidings.receiver.sequencing import SEQUENCE_HEADER, parse_sequence
+from tidings.receiver.sequencing import parse_sequence
 from tidings.receiver.sodium import sodium_verifier
 
 logger = logging.getLogger("tidings.receiver")
@@ -74,7 +75,7 @@ def authenticate(verifier: Verifier, body: bytes, headers: dict[str, str]) -> st
     only it covers ``webhook-id`` (see ``dedupe``). If it fails for any reason
     other than a stale timestamp, the vendor header may still prove the body.
     """
-    vendor_header = f"{verifier.vendor_prefix}-signature-v1".lower()
+    vendor_header = VendorHeaders(verifier.vendor_prefix).signature_lower
     if SIGNATURE_HEADER in headers and vendor_header in headers:
         standard_only = {name: value for name, value in headers.items() if name != vendor_header}
         try:
@@ -116,6 +117,7 @@ class Receiver:
         if create_schema:
             self.log.create_schema()
         self.verifier = sodium_verifier(verifier)
+        self.sequence_header = VendorHeaders(verifier.vendor_prefix).sequence_lower
         self.url_secret = url_secret
         self.strict = strict
         self.parse = parse
@@ -187,7 +189,7 @@ class Receiver:
             if self.strict:
                 return not_an_event(str(exc))
             return Record(QUARANTINE, key, body, scheme, webhook_id, time.time(), error=str(exc))
-        return event_record(event, key, body, scheme, webhook_id, sequence=parse_sequence(headers.get(SEQUENCE_HEADER)))
+        return event_record(event, key, body, scheme, webhook_id, sequence=parse_sequence(headers.get(self.sequence_header)))
 
     def _secret_matches(self, query: str, path_secret: str | None) -> bool:
         expected = self.url_secret.encode()

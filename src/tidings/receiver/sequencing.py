@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-SEQUENCE_HEADER = "x-tidings-sequence"
 APPLY = "apply"
 HOLD = "hold"
 _MAX_SEQUENCE = 2**63 - 1  # a BIGINT column

@@ -24,14 +24,29 @@ def alembic_config() -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> str:
-    """Migrates the database at ``url``; returns the revision it is at."""
+    """Migrates the database at ``url``; returns the revision it is at.
+
+    On SQLite, foreign keys are off while migrations run (a change of a
+    constraint rebuilds its table, which a table that refers to it would
+    refuse) and checked afterwards: a migration that broke one fails."""
     config = alembic_config()
     engine = create_sync_engine(url)
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-            return MigrationContext.configure(connection).get_current_revision() or "base"
+        with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, or it is ignored
+                connection.commit()
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise RuntimeError(f"a migration left rows that break a foreign key: {broken[:5]}")
+                current = MigrationContext.configure(connection).get_current_revision() or "base"
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+            return current
     finally:
         engine.dispose()
 

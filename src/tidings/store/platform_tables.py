@@ -144,8 +144,12 @@ webhook_configs = Table(
     Column("paused_reason", String(500), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    # One configuration per organization and event type (CONTRACT.md section 3).
-    UniqueConstraint("org_id", "event_type", name="uq_webhook_configs_org_event"),
+    # Deleted, and kept only until none of its deliveries is being sent
+    # (tidings.platform.deliveries.actions).
+    Column("deleted_at", UTCDateTime, nullable=True),
+    # One live configuration per organization and event type (CONTRACT.md section 3).
+    Index("uq_webhook_configs_org_event", "org_id", "event_type", unique=True,
+          postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
 )
 
 events = Table(
@@ -198,7 +202,7 @@ attempts = Table(
     "attempts",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("delivery_id", Id, ForeignKey("deliveries.id"), nullable=False, index=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("number", Integer, nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("duration_ms", Float, nullable=False),

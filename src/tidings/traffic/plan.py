@@ -6,7 +6,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tidings.contract.samples import _MEDIA, _REPLIES, _TEXTS, CONTENT_TYPES, PARTNERS
+from tidings.contract.samples import MEDIA_URLS, REPLY_TEXTS, CONSUMER_TEXTS, CONTENT_TYPES, PARTNERS
 
 _NAMES = ["Ana Martin", "Ben Okafor", "Chloé Dubois", "David Rossi", "Emma Silva", "Farid Nguyen", "Giulia García"]
 
@@ -77,17 +77,17 @@ class TrafficPlan:
 
     def _content(self, content_type: str) -> str:
         if content_type == "Text":
-            return self.random.choice(_TEXTS)
+            return self.random.choice(CONSUMER_TEXTS)
         if content_type == "Unsupported":
             return ""
-        return _MEDIA[content_type].format(n=self.random.getrandbits(32))
+        return MEDIA_URLS[content_type].format(n=self.random.getrandbits(32))
 
     def next(self, threads: Mapping[str, Sequence[int]]) -> Action:
         """The next action; ``threads`` are the conversations seen so far, by partner."""
         self.count += 1
         reply_targets = [cid for ids in threads.values() for cid in ids]
         if reply_targets and self.random.random() < self.reply_share:
-            return Reply(self.random.choice(reply_targets), self.random.choice(_REPLIES))
+            return Reply(self.random.choice(reply_targets), self.random.choice(REPLY_TEXTS))
         # Read-only channels bring messages in too; only replies avoid them.
         writable = [cid for cid, _readonly in self.directory.channels]
         if self._last_channel_message and self.random.random() < self.duplicate_share:

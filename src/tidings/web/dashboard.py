@@ -4,8 +4,8 @@ Pages: the webhook configurations with their health, the deliveries with
 filters (and, above them, the conversations that ordered delivery holds
 back, with why), one delivery with every attempt. Actions: re-send a delivery,
 recover failed deliveries since a time, send a test event, pause and resume
-a configuration; each calls the dispatcher's own function in
-``tidings.platform.delivery_store``. Pages update themselves by server-sent
+a configuration; each calls the platform's own function
+(``tidings.platform.deliveries.actions``, ``tidings.platform.tryout``). Pages update themselves by server-sent
 events (``/dashboard/events``, see ``tidings.web.live``).
 
 Mount it on the platform's app with ``mount_dashboard(app)``.
@@ -14,6 +14,7 @@ Mount it on the platform's app with ``mount_dashboard(app)``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,13 +25,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from tidings.contract import utcnow
-from tidings.platform import delivery_store
+from tidings.platform import configurations, tenants
 from tidings.platform.api.auth import OrgContext
 from tidings.platform.api.context import PlatformContext, platform_context
-from tidings.web import dashboard_queries as queries
+from tidings.platform.deliveries import actions, reads
+from tidings.platform.deliveries.statuses import STATUSES
+from tidings.platform.tryout import TryoutRefused, try_out
 from tidings.web import session
 from tidings.web.origin import check_same_origin
-from tidings.web.health import health_of
+from tidings.web.health import AttemptOutcome, health_of
 from tidings.web.held_back import hold_reason, spoken_duration
 from tidings.web.live import Poll, Removal, Upsert, event_stream, order_key, poll_stream, start_position
 from tidings.web.templating import STATIC_DIR, TEMPLATES, render_macro
@@ -89,11 +92,11 @@ def parse_positive_int(text: str | None) -> int | None:
     return int(text) if text.isdigit() and 0 < len(text) <= 18 and int(text) > 0 else None
 
 
-def delivery_filter(params: Any) -> queries.DeliveryFilter:
+def delivery_filter(params: Any) -> reads.DeliveryFilter:
     """The filters of the deliveries page from its query string; unknown or empty values mean any."""
     status = (params.get("status") or "").strip() or None
     event_type = (params.get("event_type") or "").strip() or None
-    return queries.DeliveryFilter(
+    return reads.DeliveryFilter(
         status=status if status and len(status) <= 16 else None,
         event_type=event_type if event_type and len(event_type) <= 64 else None,
         config_id=parse_positive_int(params.get("config")),
@@ -102,7 +105,7 @@ def delivery_filter(params: Any) -> queries.DeliveryFilter:
     )
 
 
-def filter_query(wanted: queries.DeliveryFilter) -> dict[str, str]:
+def filter_query(wanted: reads.DeliveryFilter) -> dict[str, str]:
     """The query parameters that give ``wanted`` back (for links and the stream)."""
     pairs = {
         "status": wanted.status or "",
@@ -212,22 +215,6 @@ def _dispatcher(request: Request) -> Any | None:
     return getattr(request.app.state, "dispatcher", None)
 
 
-def _circuit_states(request: Request, configs: list[Any]) -> dict[int, str]:
-    """The dispatcher's own circuit state per configuration, when it can tell (``circuit_state(url)``)."""
-    reader = getattr(_dispatcher(request), "circuit_state", None)
-    if reader is None:
-        return {}
-    states = {}
-    for config in configs:
-        try:
-            state = reader(config.url)
-        except Exception:  # a dispatcher that cannot say: the page derives the state itself
-            state = None
-        if state:
-            states[config.id] = str(state)
-    return states
-
-
 def _wake_dispatcher(request: Request) -> None:
     """Deliveries were queued again: a dispatcher in this process looks for them now."""
     wake = getattr(_dispatcher(request), "wake", None)
@@ -238,15 +225,16 @@ def _wake_dispatcher(request: Request) -> None:
 async def _configuration_rows(request: Request, platform: PlatformContext, org_id: int) -> list[dict[str, Any]]:
     since = datetime.now(UTC) - HEALTH_WINDOW
     async with platform.engine.connect() as conn:
-        configs = await queries.configurations(conn, org_id)
-        counts = await queries.status_counts(conn, org_id)
-        circuits = _circuit_states(request, configs)
+        configs = await configurations.of_organization(conn, org_id)
+        counts = await reads.status_counts(conn, org_id)
         rows = []
         for config in configs:
-            outcomes = await queries.recent_attempts(conn, org_id, config.id, since)
+            outcomes = [AttemptOutcome(row.started_at, row.duration_ms, row.status_code, row.error,
+                                       row.response_excerpt)
+                        for row in await reads.recent_attempts(conn, org_id, config.id, since)]
             rows.append({
                 "config": config,
-                "health": health_of(outcomes, circuits.get(config.id)),
+                "health": health_of(outcomes),
                 "counts": counts.get(config.id, {}),
             })
     return rows
@@ -263,8 +251,8 @@ async def configurations_page(
 ) -> Response:
     rows = await _configuration_rows(request, platform, org.org_id)
     async with platform.engine.connect() as conn:
-        now = await queries.head(conn)
-        org_name = await queries.organization_name(conn, org.org_id)
+        now = await reads.head(conn)
+        org_name = await tenants.organization_name(conn, org.org_id)
     return page(
         request, "configurations.html", org, section="configurations", rows=rows,
         window_hours=int(HEALTH_WINDOW.total_seconds() // 3600), position=now.spelled(),
@@ -274,7 +262,7 @@ async def configurations_page(
 
 async def _own_configuration(platform: PlatformContext, org_id: int, config_id: int) -> Any:
     async with platform.engine.connect() as conn:
-        config = await queries.configuration(conn, org_id, config_id)
+        config = await configurations.get(conn, config_id=config_id, org_id=org_id)
     if config is None:
         raise HTTPException(404, "no such configuration in this organization")
     return config
@@ -287,7 +275,7 @@ async def pause(
 ) -> Response:
     await _own_configuration(platform, org.org_id, config_id)
     async with platform.engine.begin() as conn:
-        held = await delivery_store.pause_configuration(
+        held = await actions.pause_configuration(
             conn, config_id=config_id, reason=reason.strip() or "paused from the dashboard", now=utcnow())
     if held is None:
         return back_to(PREFIX + "/configurations", f"Configuration #{config_id} was already paused.", "error")
@@ -301,7 +289,7 @@ async def resume(
 ) -> Response:
     await _own_configuration(platform, org.org_id, config_id)
     async with platform.engine.begin() as conn:
-        released = await delivery_store.resume_configuration(
+        released = await actions.resume_configuration(
             conn, config_id=config_id, now=time.time(), updated_at=utcnow())
     if released is None:
         return back_to(PREFIX + "/configurations", f"Configuration #{config_id} was not paused.", "error")
@@ -315,16 +303,14 @@ async def test_send(
     config_id: int, org: OrgContext = Depends(acting), platform: PlatformContext = Depends(platform_context)
 ) -> Response:
     """Sends a test event to the configuration's URL, as ``POST /v2/webhooks/test`` does (the same function)."""
-    from tidings.platform.api.delivery_routes import TryoutIn, tryout
-
     config = await _own_configuration(platform, org.org_id, config_id)
-    asked = TryoutIn(items=[{"url": config.url, "event_type": config.event_type,
-                             "custom_headers": dict(config.custom_headers or {})}])
     try:
-        result = await tryout(asked, org=org, platform=platform)
-    except HTTPException as refused:
-        return back_to(PREFIX + "/configurations", f"Test event to {config.url} refused: {refused.detail}", "error")
-    text, kind = tryout_summary(result)
+        outcome = await try_out(platform.engine, platform.signer, platform.settings.delivery, org_id=org.org_id,
+                                url=config.url, event_type=config.event_type,
+                                custom_headers=dict(config.custom_headers or {}))
+    except TryoutRefused as refused:
+        return back_to(PREFIX + "/configurations", f"Test event to {config.url} refused: {refused}", "error")
+    text, kind = tryout_summary(dataclasses.asdict(outcome))
     return back_to(PREFIX + "/configurations", f"Test event to {config.url}: {text}", kind)
 
 
@@ -348,7 +334,7 @@ def tryout_summary(result: dict[str, Any]) -> tuple[str, str]:
 # ---------------------------------------------------------------- deliveries
 
 
-def held_back_rows(found: queries.HeldBack, now: float) -> list[dict[str, Any]]:
+def held_back_rows(found: reads.HeldBack, now: float) -> list[dict[str, Any]]:
     """Each held-back conversation with why it waits and for how long, at Unix time ``now``."""
     return [{
         "item": item,
@@ -358,13 +344,13 @@ def held_back_rows(found: queries.HeldBack, now: float) -> list[dict[str, Any]]:
     } for item in found.conversations]
 
 
-def _held_back_change(found: queries.HeldBack, config_id: int | None) -> Upsert:
+def _held_back_change(found: reads.HeldBack, config_id: int | None) -> Upsert:
     html = render_macro("_rows.html", "held_back_section", held=found, rows=held_back_rows(found, time.time()),
                         config_id=config_id)
     return Upsert("held-back", html, "held-back", "0")
 
 
-def _delivery_change(row: Any, wanted: queries.DeliveryFilter) -> Upsert | Removal:
+def _delivery_change(row: Any, wanted: reads.DeliveryFilter) -> Upsert | Removal:
     key = f"delivery-{row.id}"
     if not wanted.matches(row):
         return Removal(key)
@@ -379,20 +365,20 @@ async def deliveries_page(
     wanted = delivery_filter(request.query_params)
     before = parse_positive_int(request.query_params.get("before"))
     async with platform.engine.connect() as conn:
-        now = await queries.head(conn)
-        rows = await queries.delivery_page(conn, org.org_id, wanted, before)
-        held = await queries.held_back(conn, org.org_id, wanted.config_id)
-        configs = await queries.configurations(conn, org.org_id)
-        event_types = await queries.event_types(conn, org.org_id)
-        org_name = await queries.organization_name(conn, org.org_id)
+        now = await reads.head(conn)
+        rows = await reads.delivery_page(conn, org.org_id, wanted, before)
+        held = await reads.held_back(conn, org.org_id, wanted.config_id)
+        configs = await configurations.of_organization(conn, org.org_id)
+        event_types = await configurations.event_types(conn, org.org_id)
+        org_name = await tenants.organization_name(conn, org.org_id)
     query = filter_query(wanted)
     return page(
         request, "deliveries.html", org, section="deliveries", rows=rows, configs=configs,
         held=held, held_rows=held_back_rows(held, time.time()),
-        event_types=event_types, statuses=queries.DELIVERY_STATUSES, wanted=wanted, query=query,
+        event_types=event_types, statuses=STATUSES, wanted=wanted, query=query,
         since_value=utc_input_value(wanted.since), until_value=utc_input_value(wanted.until),
         position=now.spelled(), live=before is None,
-        older=rows[-1].id if len(rows) == queries.PAGE_SIZE else None,
+        older=rows[-1].id if len(rows) == reads.PAGE_SIZE else None,
         recover_since=utc_input_value(datetime.now(UTC) - timedelta(hours=1)), org_name=org_name,
     )
 
@@ -403,12 +389,12 @@ async def delivery_page(
     platform: PlatformContext = Depends(platform_context),
 ) -> Response:
     async with platform.engine.connect() as conn:
-        now = await queries.head(conn)
-        row = await queries.delivery(conn, org.org_id, delivery_id)
+        now = await reads.head(conn)
+        row = await reads.delivery(conn, org.org_id, delivery_id)
         if row is None:
             raise HTTPException(404, "no such delivery in this organization")
-        tries = await queries.delivery_attempts(conn, delivery_id)
-        org_name = await queries.organization_name(conn, org.org_id)
+        tries = await reads.delivery_attempts(conn, delivery_id)
+        org_name = await tenants.organization_name(conn, org.org_id)
         behind = await _waits_behind(conn, org.org_id, row)
     return page(
         request, "delivery.html", org, section="deliveries", delivery=row, attempts=tries,
@@ -421,8 +407,8 @@ async def _waits_behind(conn: Any, org_id: int, row: Any) -> dict[str, Any] | No
     if row.status != "queued" or row.conversation_id is None:
         return None
     pair = (row.webhook_config_id, row.conversation_id)
-    head = (await queries.conversation_heads(conn, org_id, [pair])).get(pair)
-    config = await queries.configuration(conn, org_id, row.webhook_config_id)
+    head = (await reads.conversation_heads(conn, org_id, [pair])).get(pair)
+    config = await configurations.get(conn, config_id=row.webhook_config_id, org_id=org_id)
     reason = hold_reason(head, paused=bool(config.paused), paused_reason=config.paused_reason, now=time.time())
     return {"head": head, "reason": reason}
 
@@ -432,11 +418,12 @@ async def resend(
     request: Request, delivery_id: int, org: OrgContext = Depends(acting), platform: PlatformContext = Depends(platform_context)
 ) -> Response:
     async with platform.engine.begin() as conn:
-        row = await queries.delivery(conn, org.org_id, delivery_id)
+        row = await reads.delivery(conn, org.org_id, delivery_id)
         if row is None:
             raise HTTPException(404, "no such delivery in this organization")
-        paused = bool(await delivery_store.configuration_paused(conn, row.webhook_config_id))
-        queued = await delivery_store.resend(conn, delivery_id=delivery_id, paused=paused, now=time.time())
+        config = await configurations.get(conn, config_id=row.webhook_config_id, org_id=org.org_id)
+        paused = config is not None and bool(config.paused)
+        queued = await actions.resend(conn, delivery_id=delivery_id, now=time.time())
     _wake_dispatcher(request)
     here = f"{PREFIX}/deliveries/{delivery_id}"
     if not queued:
@@ -455,14 +442,13 @@ async def recover(
         return back_to(PREFIX + "/deliveries", "Recover needs a time (UTC) to start from.", "error")
     config_id = parse_positive_int(config)
     async with platform.engine.begin() as conn:
-        configs = await queries.configurations(conn, org.org_id)
+        configs = await configurations.of_organization(conn, org.org_id)
         chosen = [c for c in configs if config_id is None or c.id == config_id]
         if config_id is not None and not chosen:
             raise HTTPException(404, "no such configuration in this organization")
         count = 0
         for config_row in chosen:
-            count += await delivery_store.recover(
-                conn, config_id=config_row.id, since=moment, paused=bool(config_row.paused), now=time.time())
+            count += await actions.recover(conn, config_id=config_row.id, since=moment, now=time.time())
     _wake_dispatcher(request)
     where = f" of configuration #{config_id}" if config_id else ""
     return back_to(
@@ -474,11 +460,11 @@ async def recover(
 # ---------------------------------------------------------------- live updates
 
 
-async def _deliveries_poll(platform: PlatformContext, org_id: int, since: queries.Head,
-                           wanted: queries.DeliveryFilter) -> tuple[list, queries.Head]:
+async def _deliveries_poll(platform: PlatformContext, org_id: int, since: reads.Head,
+                           wanted: reads.DeliveryFilter) -> tuple[list, reads.Head]:
     async with platform.engine.connect() as conn:
-        found = await queries.changes_since(conn, org_id, since)
-        rows = await queries.deliveries_by_id(conn, org_id, [*found.new_ids, *found.attempted_ids])
+        found = await reads.changes_since(conn, org_id, since)
+        rows = await reads.deliveries_by_id(conn, org_id, [*found.new_ids, *found.attempted_ids])
     return rows, found.head
 
 
@@ -489,10 +475,10 @@ async def events(
     """The stream of one page: ``view`` is ``deliveries``, ``delivery`` or ``configurations``."""
     params = request.query_params
     view = params.get("view", "deliveries")
-    start = queries.Head.parse(start_position(request, params.get("after", "")))
+    start = reads.Head.parse(start_position(request, params.get("after", "")))
     if start is None:
         async with platform.engine.connect() as conn:
-            start = await queries.head(conn)
+            start = await reads.head(conn)
     if view == "deliveries":
         poll = _deliveries_stream(platform, org.org_id, delivery_filter(params))
     elif view == "delivery":
@@ -500,7 +486,7 @@ async def events(
         if delivery_id is None:
             raise HTTPException(400, "the delivery view needs id=")
         async with platform.engine.connect() as conn:
-            if await queries.delivery(conn, org.org_id, delivery_id) is None:
+            if await reads.delivery(conn, org.org_id, delivery_id) is None:
                 raise HTTPException(404, "no such delivery in this organization")
         poll = _delivery_stream(platform, org.org_id, delivery_id)
     elif view == "configurations":
@@ -510,7 +496,7 @@ async def events(
     return event_stream(poll_stream(request, start.spelled(), poll))
 
 
-def _deliveries_stream(platform: PlatformContext, org_id: int, wanted: queries.DeliveryFilter):
+def _deliveries_stream(platform: PlatformContext, org_id: int, wanted: reads.DeliveryFilter):
     # The held-back section is drawn again after deliveries changed (a new
     # one, a new attempt), at most every HELD_BACK_REFRESH seconds: it is a
     # grouped query, not a range scan like the rows'. An empty section is
@@ -518,12 +504,12 @@ def _deliveries_stream(platform: PlatformContext, org_id: int, wanted: queries.D
     held_back = {"stale": False, "next": 0.0, "sent_empty": False}
 
     async def poll(position: str) -> Poll:
-        rows, now = await _deliveries_poll(platform, org_id, queries.Head.parse(position), wanted)
+        rows, now = await _deliveries_poll(platform, org_id, reads.Head.parse(position), wanted)
         changes: list = [_delivery_change(row, wanted) for row in rows]
         held_back["stale"] = held_back["stale"] or bool(rows)
         if held_back["stale"] and time.monotonic() >= held_back["next"]:
             async with platform.engine.connect() as conn:
-                found = await queries.held_back(conn, org_id, wanted.config_id)
+                found = await reads.held_back(conn, org_id, wanted.config_id)
             empty = not found.conversations
             if not (empty and held_back["sent_empty"]):
                 changes.append(_held_back_change(found, wanted.config_id))
@@ -535,12 +521,12 @@ def _deliveries_stream(platform: PlatformContext, org_id: int, wanted: queries.D
 
 def _delivery_stream(platform: PlatformContext, org_id: int, delivery_id: int):
     async def poll(position: str) -> Poll:
-        since = queries.Head.parse(position)
+        since = reads.Head.parse(position)
         async with platform.engine.connect() as conn:
-            now = await queries.head(conn)
-            tries = await queries.delivery_attempts(conn, delivery_id, after_id=since.attempt_id)
+            now = await reads.head(conn)
+            tries = await reads.delivery_attempts(conn, delivery_id, after_id=since.attempt_id)
             tries = [attempt for attempt in tries if attempt.id <= now.attempt_id]
-            row = await queries.delivery(conn, org_id, delivery_id) if tries else None
+            row = await reads.delivery(conn, org_id, delivery_id) if tries else None
         if row is None:  # nothing new, or not this organization's delivery
             return Poll([], now.spelled())
         changes: list = [Upsert("delivery-summary", render_macro("_rows.html", "delivery_summary", delivery=row),
@@ -555,9 +541,9 @@ def _delivery_stream(platform: PlatformContext, org_id: int, delivery_id: int):
 
 def _configurations_stream(request: Request, platform: PlatformContext, org_id: int):
     async def poll(position: str) -> Poll:
-        since = queries.Head.parse(position)
+        since = reads.Head.parse(position)
         async with platform.engine.connect() as conn:
-            found = await queries.changes_since(conn, org_id, since)
+            found = await reads.changes_since(conn, org_id, since)
         if not found.attempted_ids and not found.new_ids:
             return Poll([], found.head.spelled())
         rows = await _configuration_rows(request, platform, org_id)

@@ -1,6 +1,6 @@
 """A webhook configuration's health, from its recent attempts: pure functions, no I/O.
 
-The dashboard reads the attempts of a recent window (``dashboard_queries``)
+The dashboard reads the attempts of a recent window (``deliveries.reads``)
 and these functions turn them into the figures it shows: the share of
 attempts that succeeded, the median and 99th percentile of their duration,
 the last error, and whether the endpoint's circuit is open.

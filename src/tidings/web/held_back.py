@@ -3,7 +3,7 @@
 With ordered delivery, a conversation's deliveries go one at a time: the
 head (``pending``, ``delivering`` or ``held``) goes first, the later ones
 wait ``queued`` (but for the head's follower, claimed with it by the same
-worker and sent after it: ``delivery_store.PROMOTED_PER_CONVERSATION``).
+worker and sent after it: ``tidings.platform.deliveries``).
 The dashboard shows each conversation that has queued deliveries and says,
 from its head alone, what the rest wait for.
 """
@@ -23,7 +23,7 @@ STUCK = "stuck"  # no head at all: nothing moves until a delivery is re-sent or 
 
 
 class HeadDelivery(Protocol):
-    """What the reason reads of a head delivery (a row of ``dashboard_queries.conversation_heads``)."""
+    """What the reason reads of a head delivery (a row of ``deliveries.reads.conversation_heads``)."""
 
     status: str
     attempt_count: int

@@ -21,7 +21,6 @@ from tidings.platform.api import conversation_routes, delivery_routes, directory
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
-from tidings.web.dashboard import mount_dashboard
 
 
 def validation_problem(exc: RequestValidationError) -> dict:
@@ -55,10 +54,9 @@ def serving_gc() -> Iterator[None]:
     frozen out of the collector's sight, so a full collection does not walk
     it, and collections run less often: an ingested message makes a few
     hundred short-lived objects (pydantic models, SQLAlchemy rows), nearly
-    all freed by reference counting. Measured with bench/ingest.py (64
-    clients, SQLite): p99 about 100 ms instead of 250, and 5 to 10 % less CPU
-    per message. The previous settings come back afterwards (tests serve in
-    their own process).
+    all freed by reference counting; it shortens the tail of ingestion's
+    latency (``bench/ingest.py``). The previous settings come back afterwards
+    (tests serve in their own process).
     """
     thresholds = gc.get_threshold()
     gc.freeze()
@@ -104,7 +102,6 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     app.include_router(conversation_routes.router)
     app.include_router(directory_routes.router)
     app.include_router(delivery_routes.router)
-    mount_dashboard(app)
 
     @app.webhooks.post("message_created")
     def message_created(event: MessageCreated) -> None:

@@ -14,6 +14,7 @@ organization's configuration or delivery is a 404, as if it did not exist.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -21,16 +22,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from tidings.contract import EVENT_TYPES, dump_event, format_iso_z
-from tidings.contract.samples import SampleFactory
-from tidings.platform import delivery_store as store
+from tidings.contract import EVENT_TYPES, format_iso_z
+from tidings.platform import configurations
 from tidings.platform.api.auth import OrgContext, org_context
 from tidings.platform.api.context import PlatformContext, platform_context
 from tidings.platform.api.models import LARGEST_ID, CustomHeaders, Problem
-from tidings.platform.outbox import new_webhook_id
-from tidings.platform.sender import AiohttpTransport, request_headers
-from tidings.platform.targets import TargetPolicy, TargetRefused, check_target_url
-from tidings.platform.webhook_rules import MAX_PER_PAGE, MAX_URL_LENGTH, WebhookRuleError, check_custom_headers, check_url, page_window
+from tidings.platform.deliveries import actions, reads
+from tidings.platform.deliveries.statuses import PENDING, STATUSES
+from tidings.platform.tryout import TryoutRefused, try_out
+from tidings.platform.webhook_rules import MAX_PER_PAGE, MAX_URL_LENGTH, page_window
 
 router = APIRouter(tags=["deliveries"], responses={
     401: {"model": Problem, "description": "missing or unknown API key"},
@@ -72,7 +72,7 @@ class DeliveryOut(BaseModel):
     event_id: int
     event_type: str
     webhook_id: str = Field(description="the webhook-id header, the same on every attempt")
-    status: str = Field(json_schema_extra={"enum": list(store.STATUSES)})
+    status: str = Field(json_schema_extra={"enum": list(STATUSES)})
     attempt_count: int = Field(description="attempts since the delivery was last queued (a re-send starts again at 0)")
     next_attempt_at: str | None = Field(description="when the next attempt is due, for a pending delivery")
     last_status_code: int | None
@@ -132,7 +132,7 @@ def delivery_out(row: Any) -> dict[str, Any]:
         "id": row.id, "webhook_config_id": row.webhook_config_id, "event_id": row.event_id,
         "event_type": row.event_type, "webhook_id": row.webhook_id, "status": row.status,
         "attempt_count": row.attempt_count,
-        "next_attempt_at": _epoch_iso(row.next_attempt_at) if row.status == store.PENDING else None,
+        "next_attempt_at": _epoch_iso(row.next_attempt_at) if row.status == PENDING else None,
         "last_status_code": row.last_status_code, "last_error": row.last_error,
         "created_at": format_iso_z(row.created_at),
         "finished_at": format_iso_z(row.finished_at) if row.finished_at else None,
@@ -148,7 +148,7 @@ def attempt_out(row: Any) -> dict[str, Any]:
 
 
 async def _configuration(conn, org: OrgContext, config_id: int) -> Any:
-    row = await store.get_configuration(conn, config_id=config_id, org_id=org.org_id)
+    row = await configurations.get(conn, config_id=config_id, org_id=org.org_id)
     if row is None:
         raise HTTPException(404, detail=f"no webhook configuration {config_id} in this organization")
     return row
@@ -164,43 +164,12 @@ async def tryout(body: TryoutIn, org: OrgContext = Depends(org_context),
     URL, with the header ``<vendor prefix>-Tryout: true``, and answers how the
     endpoint answered. Nothing is stored and nothing is retried."""
     item = body.items[0]
-    delivery = platform.settings.delivery
-    if item.event_type not in EVENT_TYPES:
-        raise HTTPException(422, detail=f"event_type: unknown event type {item.event_type!r}")
-    policy = TargetPolicy.from_settings(delivery)
     try:
-        check_url(item.url, allow_http=delivery.allow_http)
-        check_custom_headers(item.custom_headers, delivery.vendor_prefix)
-        check_target_url(item.url, policy)
-    except WebhookRuleError as error:
-        raise HTTPException(422, detail=f"{error.field}: {error.reason}") from None
-    except TargetRefused as refused:
-        raise HTTPException(422, detail=f"url: the target is refused: {refused.reason}") from None
-    async with platform.engine.connect() as conn:
-        newest = await store.newest_event_body(conn, org_id=org.org_id, event_type=item.event_type)
-        config = await store.configuration_for_event_type(conn, org_id=org.org_id, event_type=item.event_type)
-    body_bytes = newest if newest is not None else dump_event(SampleFactory().event(item.event_type))
-    now = time.time()
-    secrets = [] if config is None else store.live_secrets(
-        config.secret, config.previous_secret, config.previous_secret_expires_at, now)
-    signer = platform.signer
-    headers = request_headers(signer, body=body_bytes, webhook_id=new_webhook_id(),
-                              vendor_signature=signer.vendor_signature(body_bytes), secrets=secrets,
-                              custom_headers=item.custom_headers, timestamp=int(now),
-                              extra={f"{delivery.vendor_prefix}-Tryout": "true"})
-    transport = AiohttpTransport(policy, attempt_timeout=delivery.attempt_timeout, concurrency=1, per_endpoint=1)
-    try:
-        answer = await transport.post(item.url, body_bytes, headers)
-    finally:
-        await transport.close()
-    return {
-        "url": item.url, "event_type": item.event_type,
-        "sample": "newest_event" if newest is not None else "default_sample",
-        "delivered": answer.status_code is not None and 200 <= answer.status_code < 300,
-        "status_code": answer.status_code, "duration_ms": round(answer.duration_ms, 3),
-        "response_excerpt": answer.excerpt,
-        "error": None if answer.error is None else f"{answer.error_kind or 'error'}: {answer.error}",
-    }
+        outcome = await try_out(platform.engine, platform.signer, platform.settings.delivery, org_id=org.org_id,
+                                url=item.url, event_type=item.event_type, custom_headers=item.custom_headers)
+    except TryoutRefused as refused:
+        raise HTTPException(422, detail=str(refused)) from None
+    return dataclasses.asdict(outcome)
 
 
 @router.get("/v2/webhooks/{config_id}/deliveries", response_model=DeliveryPage,
@@ -208,18 +177,18 @@ async def tryout(body: TryoutIn, org: OrgContext = Depends(org_context),
             responses={404: {"model": Problem, "description": "no such configuration in this organization"}})
 async def list_deliveries(config_id: ConfigId,
                           status: str | None = Query(None, description="only deliveries in this status",
-                                                     json_schema_extra={"enum": list(store.STATUSES)}),
+                                                     json_schema_extra={"enum": list(STATUSES)}),
                           page: int = Query(1, ge=1, le=LARGEST_ID),
                           per_page: int = Query(50, ge=1, le=MAX_PER_PAGE),
                           org: OrgContext = Depends(org_context),
                           platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
-    if status is not None and status not in store.STATUSES:
-        raise HTTPException(422, detail=f"status: one of {', '.join(store.STATUSES)}; not {status!r}")
+    if status is not None and status not in STATUSES:
+        raise HTTPException(422, detail=f"status: one of {', '.join(STATUSES)}; not {status!r}")
     async with platform.engine.connect() as conn:
         await _configuration(conn, org, config_id)
-        count = await store.count_deliveries(conn, config_id=config_id, status=status)
+        count = await reads.count_deliveries(conn, config_id=config_id, status=status)
         window = page_window(count, page, per_page)
-        rows = await store.list_deliveries(conn, config_id=config_id, status=status, offset=window.offset,
+        rows = await reads.list_deliveries(conn, config_id=config_id, status=status, offset=window.offset,
                                            limit=window.per_page)
     return {"page": window.page, "max_page": window.max_page, "count": count,
             "items": [delivery_out(row) for row in rows]}
@@ -232,12 +201,12 @@ async def get_delivery(delivery_id: DeliveryId, org: OrgContext = Depends(org_co
                        platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     async with platform.engine.connect() as conn:
         row = await _delivery(conn, org, delivery_id)
-        attempts = await store.list_attempts(conn, delivery_id=delivery_id)
+        attempts = await reads.list_attempts(conn, delivery_id=delivery_id)
     return {**delivery_out(row), "attempts": [attempt_out(attempt) for attempt in attempts]}
 
 
 async def _delivery(conn, org: OrgContext, delivery_id: int) -> Any:
-    row = await store.get_delivery(conn, delivery_id=delivery_id, org_id=org.org_id)
+    row = await reads.get_delivery(conn, delivery_id=delivery_id, org_id=org.org_id)
     if row is None:
         raise HTTPException(404, detail=f"no delivery {delivery_id} in this organization")
     return row
@@ -251,8 +220,7 @@ async def resend_delivery(delivery_id: DeliveryId, org: OrgContext = Depends(org
                           platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     async with platform.engine.begin() as conn:
         row = await _delivery(conn, org, delivery_id)
-        paused = bool(await store.configuration_paused(conn, row.webhook_config_id))
-        if not await store.resend(conn, delivery_id=delivery_id, paused=paused, now=time.time()):
+        if not await actions.resend(conn, delivery_id=delivery_id, now=time.time()):
             raise HTTPException(409, detail=f"delivery {delivery_id} is {row.status}: only a delivered or failed "
                                             "delivery can be sent again")
         row = await _delivery(conn, org, delivery_id)
@@ -267,8 +235,7 @@ async def recover_deliveries(config_id: ConfigId, body: RecoverIn, org: OrgConte
     since = body.since if body.since.tzinfo is not None else body.since.replace(tzinfo=UTC)
     async with platform.engine.begin() as conn:
         config = await _configuration(conn, org, config_id)
-        recovered = await store.recover(conn, config_id=config_id, since=since, paused=config.paused,
-                                        now=time.time())
+        recovered = await actions.recover(conn, config_id=config_id, since=since, now=time.time())
     return {"recovered": recovered, "held": bool(config.paused)}
 
 
@@ -279,7 +246,7 @@ async def pause(config_id: ConfigId, org: OrgContext = Depends(org_context),
                 platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     async with platform.engine.begin() as conn:
         await _configuration(conn, org, config_id)
-        moved = await store.pause_configuration(conn, config_id=config_id, reason="paused by its owner",
+        moved = await actions.pause_configuration(conn, config_id=config_id, reason="paused by its owner",
                                                 now=datetime.now(UTC))
         config = await _configuration(conn, org, config_id)
     return {"id": config.id, "paused": config.paused, "paused_reason": config.paused_reason,
@@ -293,7 +260,7 @@ async def resume(config_id: ConfigId, org: OrgContext = Depends(org_context),
                  platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     async with platform.engine.begin() as conn:
         await _configuration(conn, org, config_id)
-        moved = await store.resume_configuration(conn, config_id=config_id, now=time.time(),
+        moved = await actions.resume_configuration(conn, config_id=config_id, now=time.time(),
                                                  updated_at=datetime.now(UTC))
         config = await _configuration(conn, org, config_id)
     return {"id": config.id, "paused": config.paused, "paused_reason": config.paused_reason,

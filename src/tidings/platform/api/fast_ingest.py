@@ -1,29 +1,20 @@
 """The platform's HTTP protocol: uvicorn's own, with custom-channel ingestion
-answered without ASGI.
+answered without ASGI (a ``tidings.serving.FastPathProtocol``).
 
     uvicorn.run(create_app(context), http=IngestHttpProtocol)   # or http=http_protocol() from app.py
 
-Everything about connections stays uvicorn's (keep-alive, pipelining, flow
-control, timeouts, shutdown). Only the plain case of
-``POST /v2/custom-channels/{channel_id}/messages`` skips FastAPI: an
-organization key already in ``PlatformContext.known_keys``, no query string,
-a JSON body that ``IncomingMessageIn`` accepts. Its body is buffered, parsed
-and validated as FastAPI would (``json.loads``, then the same pydantic
-model), handed to the ``IngestQueue``, and the answer is written in one
-``write`` when the queue's future resolves. Any other request, and any such
+Only the plain case of ``POST /v2/custom-channels/{channel_id}/messages``
+skips FastAPI: an organization key already in ``PlatformContext.known_keys``,
+no query string, a JSON body that ``IncomingMessageIn`` accepts. Its body is
+parsed and validated as FastAPI would (``json.loads``, then the same pydantic
+model) and handed to the ``IngestQueue``. Any other request, and any such
 request the fast path does not take (unknown or PROVIDER key, ``org_id``,
 another content type, a body that does not validate, a channel id FastAPI
-refuses), goes to the FastAPI app, with the body already read if it was:
-its answers, errors included, stay FastAPI's. The route stays declared in
-FastAPI, so the OpenAPI document is unchanged.
-
-Why: measured on this machine (bench/ingest.py, 64 clients, SQLite), the
-server spent 2,155 us of CPU per ingested message through FastAPI and 1,294
-with this path, all else equal: FastAPI's routing, dependency injection and
-middleware cost more than the batched writer's own Python. This path, with
-the writer left out (answering at once), costs about 116 us per request.
-The answers are the same bytes either way (``tests/test_ingest_fast_path.py``
-compares them over real sockets).
+refuses), goes to the FastAPI app, with the body already read if it was: its
+answers, errors included, stay FastAPI's, and the route stays declared there
+for the OpenAPI document. Why: FastAPI's routing, dependency injection and
+middleware cost more than the batched writer itself (``bench/ingest.py``);
+the answers are the same bytes either way (``tests/test_ingest_fast_path.py``).
 """
 
 from __future__ import annotations
@@ -34,13 +25,12 @@ import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from tidings.platform.api.auth import ORG_KEY, hash_api_key
 from tidings.platform.api.models import IncomingMessageIn, storable
 from tidings.platform.conversations import MessagingError, NotFound, Refused
 from tidings.platform.ingestion import ChannelMessage, IncomingMessage, IngestResult
+from tidings.serving.fast_path import FastPathProtocol, http_response
 
 INGEST_PATH = re.compile(r"/v2/custom-channels/([^/]+)/messages")
 MAX_CHANNEL_ID = 24  # the route's Path(max_length=24)
@@ -139,19 +129,6 @@ def answer_of(outcome: IngestResult | BaseException) -> tuple[int, bytes, bytes]
     return 500, b"text/plain; charset=utf-8", _INTERNAL_ERROR  # Starlette's ServerErrorMiddleware
 
 
-def render(status: int, content_type: bytes, body: bytes, default_headers: list[tuple[bytes, bytes]],
-           keep_alive: bool) -> bytes:
-    """The whole response, status line to body, as uvicorn writes a Starlette response."""
-    lines = [STATUS_LINE[status]]
-    lines += [name + b": " + value + b"\r\n" for name, value in default_headers]
-    lines.append(b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), content_type))
-    if not keep_alive:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    lines.append(body)
-    return b"".join(lines)
-
-
 def find_platform_app(app):
     """The platform's FastAPI app inside uvicorn's wrappers, if the app is one."""
     for _ in range(10):
@@ -164,31 +141,26 @@ def find_platform_app(app):
     return None
 
 
-class IngestHttpProtocol(HttpToolsProtocol):
+class IngestHttpProtocol(FastPathProtocol):
     """``uvicorn.run(app, http=IngestHttpProtocol)`` with ``create_app(...)`` as the app."""
+
+    max_body = MAX_FAST_BODY
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
         self.platform_app = find_platform_app(config.loaded_app)
-        self.fast_cycle = None
         self.fast_org_id: int | None = None
         self.fast_channel_id: str | None = None
-        self.fast_app = None  # the ASGI app the request goes to if the fast path lets it go
 
-    def _start_asgi_task(self, cycle, app) -> None:
-        if self.platform_app is not None and app is self.app:
-            request = fast_request(cycle.scope)
-            org_id = self._org_of(request.api_key) if request is not None else None
-            if org_id is not None:
-                self.fast_cycle, self.fast_app = cycle, app
-                self.fast_org_id, self.fast_channel_id = org_id, request.channel_id
-                if cycle.waiting_for_100_continue:
-                    cycle.waiting_for_100_continue = False
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if not cycle.more_body:  # a pipelined request, read in full already
-                    self._submit(cycle)
-                return
-        super()._start_asgi_task(cycle, app)
+    def take(self, cycle) -> bool:
+        if self.platform_app is None:
+            return False
+        request = fast_request(cycle.scope)
+        org_id = self._org_of(request.api_key) if request is not None else None
+        if org_id is None:
+            return False
+        self.fast_org_id, self.fast_channel_id = org_id, request.channel_id
+        return True
 
     def _org_of(self, api_key: str) -> int | None:
         """The organization of a known organization key; ``None`` leaves the request to FastAPI
@@ -198,75 +170,16 @@ class IngestHttpProtocol(HttpToolsProtocol):
             return None
         return row.org_id
 
-    def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
-        if cycle is None or cycle is not self.fast_cycle:
-            super().on_body(body)
-            return
-        if cycle.response_complete:
-            return
-        cycle.body += body  # at most MAX_FAST_BODY: Content-Length said so, and httptools holds it to that
-
-    def on_message_complete(self) -> None:
-        cycle = self.cycle
-        if cycle is None or cycle is not self.fast_cycle:
-            super().on_message_complete()
-            return
-        if cycle.response_complete:
-            return
-        cycle.more_body = False
-        self._submit(cycle)
-
-    def _submit(self, cycle) -> None:
+    def submit(self, cycle) -> asyncio.Future | None:
         incoming = parse_message(bytes(cycle.body))
         if incoming is None:  # FastAPI answers, with its own words for what is wrong
-            self._let_go(cycle)
-            return
+            return None
         queue = self.platform_app.state.ingest_queue
-        future = queue.submit(ChannelMessage(self.fast_org_id, self.fast_channel_id, incoming))
-        future.add_done_callback(lambda done: self._answered(cycle, done))
+        return queue.submit(ChannelMessage(self.fast_org_id, self.fast_channel_id, incoming))
 
-    def _let_go(self, cycle) -> None:
-        """Hands the request, its body read in full, to the ASGI app."""
-        app = self.fast_app
-        self.fast_cycle = self.fast_app = None
-        cycle.message_event.set()  # the body is there for the app's first receive()
-        super()._start_asgi_task(cycle, app)
-
-    def _answered(self, cycle, future: asyncio.Future) -> None:
-        if future.cancelled():  # the queue stopped (shutdown): as a cancelled request task, no answer
-            self._finish(cycle)
-            if not self.transport.is_closing():
-                self.transport.close()
-            return
-        error = future.exception()
-        if error is not None and not isinstance(error, MessagingError):
-            # As uvicorn does when an ASGI app raises after Starlette's 500: log it, close the connection.
-            self.logger.error("Exception in ASGI application\n", exc_info=error)
-            self._respond(cycle, *answer_of(error))
-            if not self.transport.is_closing():
-                self.transport.close()
-            return
-        self._respond(cycle, *answer_of(error if error is not None else future.result()))
-
-    def _respond(self, cycle, status: int, content_type: bytes, body: bytes) -> None:
-        if cycle.response_complete:
-            return
-        if cycle.disconnected or self.transport.is_closing():
-            self._finish(cycle)
-            return
-        self.transport.write(render(status, content_type, body, self.server_state.default_headers, cycle.keep_alive))
-        if cycle.access_log:
-            scope = cycle.scope
-            cycle.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
-                                     get_path_with_query_string(scope), scope["http_version"], status)
-        if not cycle.keep_alive:
-            self.transport.close()
-        self._finish(cycle)
-        cycle.on_response()
-
-    def _finish(self, cycle) -> None:
-        cycle.response_complete = True
-        cycle.response_started = True
-        if cycle is self.fast_cycle:
-            self.fast_cycle = self.fast_app = None
+    def render(self, cycle, outcome: object) -> tuple[bytes, bool]:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, MessagingError):
+            raise outcome  # the base answers 500 and closes, as uvicorn does when an app raises
+        status, content_type, body = answer_of(outcome)
+        headers = [(b"content-length", b"%d" % len(body)), (b"content-type", content_type)]
+        return http_response(status, headers, body, self.server_state.default_headers, cycle.keep_alive), False

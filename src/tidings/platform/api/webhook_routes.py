@@ -1,8 +1,9 @@
 """``/v2/webhooks``: the organization's webhook configurations.
 
 Each rule is a pure function of ``tidings.platform.webhook_rules``; the
-target's address is checked by ``tidings.platform.targets``. A refusal is a
-4xx whose ``detail`` says why.
+target's address is checked by ``tidings.platform.transport.guard``; the
+statements are ``tidings.platform.configurations``'. A refusal is a 4xx whose
+``detail`` says why.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
-from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import EVENT_TYPES, format_iso_z, utcnow
 from tidings.contract.signing import generate_secret
-from tidings.platform import delivery_store
+from tidings.platform import configurations
 from tidings.platform.api.auth import OrgContext, org_context
 from tidings.platform.api.context import PlatformContext, platform_context
 from tidings.platform.api.models import (
@@ -33,8 +33,9 @@ from tidings.platform.api.models import (
     WebhookConfigUpdate,
     WebhookSecret,
 )
+from tidings.platform.deliveries import actions
 from tidings.platform.settings import PlatformSettings
-from tidings.platform.targets import TargetPolicy, TargetRefused, check_target_url
+from tidings.platform.transport import TargetPolicy, TargetRefused, check_target_url
 from tidings.platform.webhook_rules import (
     MAX_PER_PAGE,
     WebhookRuleError,
@@ -45,7 +46,6 @@ from tidings.platform.webhook_rules import (
     check_url,
     page_window,
 )
-from tidings.store.platform_tables import attempts, deliveries, delivery_sequences, webhook_configs
 
 router = APIRouter(prefix="/v2/webhooks", tags=["webhooks"], responses={
     401: {"model": Problem, "description": "missing or unknown API key"},
@@ -88,8 +88,7 @@ def config_out(row: Any) -> dict[str, Any]:
 
 
 async def load_config(conn: AsyncConnection, org: OrgContext, webhook_id: int) -> Any:
-    row = (await conn.execute(select(webhook_configs).where(
-        webhook_configs.c.id == webhook_id, webhook_configs.c.org_id == org.org_id))).first()
+    row = await configurations.get(conn, config_id=webhook_id, org_id=org.org_id)
     if row is None:
         raise HTTPException(404, detail=f"no webhook configuration {webhook_id} in this organization")
     return row
@@ -112,19 +111,16 @@ async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_
     now = utcnow()
     try:
         async with platform.engine.begin() as conn:
-            existing = dict((await conn.execute(
-                select(webhook_configs.c.event_type, webhook_configs.c.id).where(
-                    webhook_configs.c.org_id == org.org_id))).all())
+            existing = await configurations.event_type_ids(conn, org.org_id)
             try:
                 check_one_per_event_type(existing, [item.event_type for item in body.items])
             except WebhookRuleError as error:
                 raise HTTPException(409, detail=f"{error.field}: {error.reason}") from None
             created = []
             for item in body.items:
-                row = (await conn.execute(insert(webhook_configs).values(
-                    org_id=org.org_id, url=item.url, event_type=item.event_type, custom_headers=item.custom_headers,
-                    ordering=item.ordering, secret=generate_secret(), created_at=now, updated_at=now,
-                ).returning(webhook_configs))).first()
+                row = await configurations.create(
+                    conn, org_id=org.org_id, url=item.url, event_type=item.event_type,
+                    custom_headers=item.custom_headers, ordering=item.ordering, secret=generate_secret(), now=now)
                 created.append({**config_out(row), "secret": row.secret})
     except IntegrityError:  # a concurrent request created the same event type first
         raise HTTPException(409, detail="event_type: this organization already has a configuration for it") from None
@@ -138,14 +134,12 @@ async def list_webhooks(
     org: OrgContext = Depends(org_context), platform: PlatformContext = Depends(platform_context),
 ) -> dict[str, Any]:
     async with platform.engine.connect() as conn:
-        count = (await conn.execute(select(func.count()).select_from(webhook_configs).where(
-            webhook_configs.c.org_id == org.org_id))).scalar_one()
+        count = await configurations.count_of_organization(conn, org.org_id)
         try:
             window = page_window(count, page, per_page)
         except WebhookRuleError as error:
             raise rule_refusal(error) from None
-        rows = (await conn.execute(select(webhook_configs).where(webhook_configs.c.org_id == org.org_id)
-                                   .order_by(webhook_configs.c.id).offset(window.offset).limit(per_page))).all()
+        rows = await configurations.page_of_organization(conn, org.org_id, offset=window.offset, limit=per_page)
     return {"page": page, "max_page": window.max_page, "count": count, "items": [config_out(row) for row in rows]}
 
 
@@ -182,11 +176,10 @@ async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: 
         changes["ordering"] = body.ordering
     async with platform.engine.begin() as conn:
         current = await load_config(conn, org, webhook_id)
-        row = (await conn.execute(update(webhook_configs).where(
-            webhook_configs.c.id == webhook_id, webhook_configs.c.org_id == org.org_id)
-            .values(**changes, updated_at=utcnow()).returning(webhook_configs))).first()
+        row = await configurations.update_fields(conn, config_id=webhook_id, org_id=org.org_id, changes=changes,
+                                                 now=utcnow())
         if row.ordering != current.ordering:  # deliveries waiting for their turn may go now
-            await delivery_store.ordering_changed(conn, config_id=webhook_id, ordering=row.ordering, now=time.time())
+            await actions.ordering_changed(conn, config_id=webhook_id, ordering=row.ordering, now=time.time())
     return config_out(row)
 
 
@@ -194,14 +187,11 @@ async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: 
                responses={404: {"model": Problem}})
 async def delete_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_context),
                          platform: PlatformContext = Depends(platform_context)) -> Response:
-    """Deletes the configuration and its delivery log: its pending deliveries are not sent."""
+    """Deletes the configuration and its delivery log: its pending deliveries
+    are not sent; a request already under way ends, and its result is dropped."""
     async with platform.engine.begin() as conn:
         await load_config(conn, org, webhook_id)
-        its_deliveries = select(deliveries.c.id).where(deliveries.c.webhook_config_id == webhook_id)
-        await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(its_deliveries)))
-        await conn.execute(delete(deliveries).where(deliveries.c.webhook_config_id == webhook_id))
-        await conn.execute(delete(delivery_sequences).where(delivery_sequences.c.webhook_config_id == webhook_id))
-        await conn.execute(delete(webhook_configs).where(webhook_configs.c.id == webhook_id))
+        await actions.delete_configuration(conn, config_id=webhook_id, now=utcnow())
     return Response(status_code=204)
 
 
@@ -230,11 +220,9 @@ async def rotate_webhook_secret(webhook_id: WebhookId, org: OrgContext = Depends
     now = time.time()
     async with platform.engine.begin() as conn:
         current = await load_config(conn, org, webhook_id)
-        row = (await conn.execute(update(webhook_configs).where(
-            webhook_configs.c.id == webhook_id, webhook_configs.c.secret == current.secret)
-            .values(secret=generate_secret(), previous_secret=current.secret,
-                    previous_secret_expires_at=now + platform.settings.secret_overlap, updated_at=utcnow())
-            .returning(webhook_configs))).first()
+        row = await configurations.rotate_secret(
+            conn, config_id=webhook_id, current_secret=current.secret, new_secret=generate_secret(),
+            previous_expires_at=now + platform.settings.secret_overlap, now=utcnow())
         if row is None:
             raise HTTPException(409, detail="the secret was rotated by another request meanwhile; try again")
     return secret_out(row, now)

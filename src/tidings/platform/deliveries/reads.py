@@ -1,9 +1,7 @@
-"""Every SQL statement the dashboard reads with, in one place.
+"""Reading deliveries and their attempts, for the API and the dashboard.
 
-Each function takes the organization's id and filters on it: a page never
-sees another organization's rows. Writes (re-send, recover, pause, resume,
-test send) are not here: the dashboard calls the dispatcher's own functions
-for them (``tidings.platform.delivery_store``).
+Each read of one organization's rows filters on its id: a page never sees
+another organization's rows.
 """
 
 from __future__ import annotations
@@ -16,16 +14,67 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tidings.contract import EventType
-from tidings.store.platform_tables import attempts, deliveries, events, organizations, webhook_configs
-from tidings.web.health import AttemptOutcome
+from tidings.platform import configurations
+from tidings.platform.deliveries.statuses import HEAD, QUEUED
+from tidings.store.platform_tables import attempts, deliveries, events, webhook_configs
 
-# Every status a delivery can be in (``delivery_store.STATUSES``), in the order of its life.
-DELIVERY_STATUSES = ("queued", "pending", "held", "delivering", "delivered", "failed")
-HEAD_STATUSES = ("pending", "delivering", "held")  # a conversation's one delivery that may be sent
 PAGE_SIZE = 100
 HELD_BACK_LIMIT = 50  # held-back conversations listed, those that waited longest first
 HEALTH_SAMPLE = 1000  # attempts per configuration that the health figures look at, newest first
+
+DELIVERY_COLUMNS = (
+    deliveries.c.id, deliveries.c.event_id, deliveries.c.webhook_config_id, deliveries.c.org_id,
+    deliveries.c.webhook_id, deliveries.c.status, deliveries.c.attempt_count, deliveries.c.next_attempt_at,
+    deliveries.c.last_status_code, deliveries.c.last_error, deliveries.c.is_tryout, deliveries.c.conversation_id,
+    deliveries.c.sequence, deliveries.c.created_at, deliveries.c.finished_at,
+)
+
+
+# ---------------------------------------------------------------- the API
+
+
+def _deliveries_of(config_id: int, status: str | None):
+    where = [deliveries.c.webhook_config_id == config_id]
+    if status is not None:
+        where.append(deliveries.c.status == status)
+    return where
+
+
+async def count_deliveries(conn: AsyncConnection, *, config_id: int, status: str | None = None) -> int:
+    return (await conn.execute(
+        select(func.count()).select_from(deliveries).where(*_deliveries_of(config_id, status)))).scalar_one()
+
+
+async def list_deliveries(conn: AsyncConnection, *, config_id: int, status: str | None = None,
+                          offset: int = 0, limit: int = 50) -> list[Any]:
+    """Deliveries of a configuration, newest first (served by ``ix_deliveries_config_status_id``)."""
+    return list((await conn.execute(
+        select(*DELIVERY_COLUMNS, events.c.event_type)
+        .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
+        .where(*_deliveries_of(config_id, status))
+        .order_by(deliveries.c.id.desc()).offset(offset).limit(limit))).all())
+
+
+async def get_delivery(conn: AsyncConnection, *, delivery_id: int, org_id: int) -> Any | None:
+    return (await conn.execute(
+        select(*DELIVERY_COLUMNS, events.c.event_type)
+        .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
+        .where(deliveries.c.id == delivery_id, deliveries.c.org_id == org_id))).first()
+
+
+async def list_attempts(conn: AsyncConnection, *, delivery_id: int) -> list[Any]:
+    return list((await conn.execute(
+        select(attempts).where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id))).all())
+
+
+async def newest_event_body(conn: AsyncConnection, *, org_id: int, event_type: str) -> bytes | None:
+    """The body of the organization's newest event of a type (for a tryout)."""
+    return (await conn.execute(
+        select(events.c.body).where(events.c.org_id == org_id, events.c.event_type == event_type)
+        .order_by(events.c.id.desc()).limit(1))).scalar()
+
+
+# ---------------------------------------------------------------- the dashboard
 
 
 @dataclass(frozen=True)
@@ -39,7 +88,7 @@ class DeliveryFilter:
     until: datetime | None = None
 
     def matches(self, row: Any) -> bool:
-        """Whether a delivery row (as ``delivery_columns`` selects it) passes the filters."""
+        """Whether a delivery row (as ``_delivery_columns`` selects it) passes the filters."""
         return (
             (self.status is None or row.status == self.status)
             and (self.event_type is None or row.event_type == self.event_type)
@@ -89,27 +138,11 @@ def _filtered(query, org_id: int, wanted: DeliveryFilter):
     return query
 
 
-async def organization_name(conn: AsyncConnection, org_id: int) -> str | None:
-    return (await conn.execute(select(organizations.c.name).where(organizations.c.id == org_id))).scalar()
-
-
-async def configurations(conn: AsyncConnection, org_id: int) -> list[Any]:
-    return (await conn.execute(
-        select(webhook_configs).where(webhook_configs.c.org_id == org_id).order_by(webhook_configs.c.id)
-    )).all()
-
-
-async def configuration(conn: AsyncConnection, org_id: int, config_id: int) -> Any | None:
-    return (await conn.execute(
-        select(webhook_configs).where(webhook_configs.c.org_id == org_id, webhook_configs.c.id == config_id)
-    )).first()
-
-
 async def recent_attempts(
     conn: AsyncConnection, org_id: int, config_id: int, since: datetime, limit: int = HEALTH_SAMPLE
-) -> list[AttemptOutcome]:
+) -> list[Any]:
     """The newest attempts of one configuration started at ``since`` or later, newest first."""
-    rows = (await conn.execute(
+    return (await conn.execute(
         select(attempts.c.started_at, attempts.c.duration_ms, attempts.c.status_code, attempts.c.error,
                attempts.c.response_excerpt)
         .select_from(attempts.join(deliveries, deliveries.c.id == attempts.c.delivery_id))
@@ -118,8 +151,6 @@ async def recent_attempts(
         .order_by(attempts.c.id.desc())
         .limit(limit)
     )).all()
-    return [AttemptOutcome(row.started_at, row.duration_ms, row.status_code, row.error, row.response_excerpt)
-            for row in rows]
 
 
 async def status_counts(conn: AsyncConnection, org_id: int) -> dict[int, dict[str, int]]:
@@ -133,14 +164,6 @@ async def status_counts(conn: AsyncConnection, org_id: int) -> dict[int, dict[st
     for config_id, status, count in rows:
         counts.setdefault(config_id, {})[status] = count
     return counts
-
-
-async def event_types(conn: AsyncConnection, org_id: int) -> list[str]:
-    """The event types worth offering in a filter: the contract's and the configurations'."""
-    configured = (await conn.execute(
-        select(webhook_configs.c.event_type).where(webhook_configs.c.org_id == org_id).distinct()
-    )).scalars()
-    return sorted(set(EventType.known_values) | set(configured))
 
 
 async def delivery_page(
@@ -281,7 +304,7 @@ async def conversation_heads(conn: AsyncConnection, org_id: int,
     rows = (await conn.execute(
         select(*_HEAD_COLUMNS)
         .where(tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id).in_(wanted),
-               deliveries.c.status.in_(HEAD_STATUSES), deliveries.c.org_id == org_id)
+               deliveries.c.status.in_(HEAD), deliveries.c.org_id == org_id)
         .order_by(deliveries.c.sequence.desc())
     )).all()
     return {(row.webhook_config_id, row.conversation_id): row for row in rows}  # the lowest sequence wins
@@ -298,13 +321,12 @@ async def held_back(conn: AsyncConnection, org_id: int, config_id: int | None = 
     SQLite prefers ``ix_deliveries_order`` for its grouping order, and reads
     every delivery the configuration ever had.
     """
-    configs = {row.id: row for row in await configurations(conn, org_id)
-               if config_id is None or row.id == config_id}
+    configs = {row.id: row for row in await configurations.of_organization(conn, org_id) if config_id is None or row.id == config_id}
     if not configs:
         return HeldBack([], 0, 0)
     queued = (
         select(deliveries.c.webhook_config_id, deliveries.c.conversation_id, deliveries.c.created_at)
-        .where(deliveries.c.webhook_config_id.in_(sorted(configs)), deliveries.c.status == "queued",
+        .where(deliveries.c.webhook_config_id.in_(sorted(configs)), deliveries.c.status == QUEUED,
                deliveries.c.org_id == org_id)
         .cte("queued").prefix_with("MATERIALIZED")
     )
@@ -331,3 +353,4 @@ async def held_back(conn: AsyncConnection, org_id: int, config_id: int | None = 
          for row in rows],
         int(total_conversations), int(total_waiting),
     )
+

@@ -20,18 +20,19 @@ are judged as the IPv4 address they carry.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 __all__ = [
     "GuardedResolver",
     "RefusedAddress",
+    "Resolver",
+    "SystemResolver",
     "TargetPolicy",
     "TargetRefused",
     "address_refusal",
@@ -61,11 +62,8 @@ class TargetRefused(ValueError):
 
 
 class RefusedAddress(OSError):
-    """Raised while connecting when a name resolves to no allowed address.
-
-    An ``OSError``, so that aiohttp reports it as a connection failure whose
-    ``os_error`` is this exception.
-    """
+    """Raised while connecting when a name resolves to no allowed address
+    (an ``OSError``: it is a failure to connect)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -135,29 +133,44 @@ def _check_target_url(url: str, policy: TargetPolicy) -> None:
             raise TargetRefused(refusal)
 
 
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that drops every address the policy refuses.
+Address = tuple[int, str]  # (socket family, address), as connecting wants them
 
-    If nothing is left, connecting fails with ``RefusedAddress``. aiohttp
-    does not call a resolver for a literal address; ``check_target_url``
-    covers those.
-    """
 
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner if inner is not None else DefaultResolver()
+class Resolver(Protocol):
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        """The addresses ``host`` resolves to, for a TCP connection to ``port``."""
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
-        resolved = await self._inner.resolve(host, port, family)
+    async def close(self) -> None: ...
+
+
+class SystemResolver:
+    """The system's resolver (``getaddrinfo``, in the event loop's thread pool)."""
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys((family, sockaddr[0]) for family, _, _, _, sockaddr in infos))
+
+    async def close(self) -> None:
+        pass
+
+
+class GuardedResolver:
+    """A resolver that drops every address the policy refuses; if nothing is
+    left, it raises ``RefusedAddress``."""
+
+    def __init__(self, inner: Resolver | None = None) -> None:
+        self._inner = inner if inner is not None else SystemResolver()
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
         allowed = []
         refusals = []
-        for entry in resolved:
-            address = _literal_address(entry["host"])
+        for family, resolved in await self._inner.resolve(host, port):
+            address = _literal_address(resolved)
             refusal = "an unreadable address" if address is None else address_refusal(address)
             if refusal:
                 refusals.append(refusal)
             else:
-                allowed.append(entry)
+                allowed.append((family, resolved))
         if not allowed:
             raise RefusedAddress(f"{host} resolves to no allowed address ({'; '.join(refusals) or 'no address'})")
         return allowed

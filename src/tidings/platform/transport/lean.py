@@ -35,13 +35,9 @@ one of those names is not sent. A header name or value that would break the
 request's framing (CR, LF or NUL; a name that is not an HTTP token) fails the
 attempt without a request.
 
-Why it exists, measured on the 2-core development machine against
-``bench/sink.py`` on 127.0.0.1 (10 endpoints, 256 requests in flight, uvloop,
-1,370-byte bodies, both clients in the same minute so that the machine's
-shared load was alike): ``AiohttpTransport`` 79 to 142 us of CPU per request
-(3,100 to 12,600/s as the load allowed), this transport 19 to 32 us (10,300
-to 53,500/s). In the dispatcher, aiohttp's request path had been 42 % of the
-event loop; see ``docs/PERFORMANCE.md``, section Dispatcher.
+Why it exists rather than aiohttp: it spends about a quarter of aiohttp's
+CPU per request, and the dispatcher's rate is bound by CPU
+(``bench/dispatch.py``, docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-import socket
 import ssl
 import time
 from collections import deque
@@ -59,8 +54,16 @@ from urllib.parse import quote, unquote, urlsplit
 import httptools
 
 from tidings.platform.retry import ErrorKind
-from tidings.platform.sender import EXCERPT_CHARACTERS, USER_AGENT, Answer, _describe, _excerpt
-from tidings.platform.targets import GuardedResolver, RefusedAddress, TargetPolicy, TargetRefused, check_target_url
+from tidings.platform.transport.guard import (
+    GuardedResolver,
+    RefusedAddress,
+    Resolver,
+    SystemResolver,
+    TargetPolicy,
+    TargetRefused,
+    check_target_url,
+)
+from tidings.platform.transport.types import EXCERPT_CHARACTERS, USER_AGENT, Answer, describe, excerpt
 
 __all__ = ["DRAIN_LIMIT", "EXCERPT_BYTES", "IDLE_SECONDS", "MAX_HEAD", "LeanTransport"]
 
@@ -347,14 +350,14 @@ class _Connection(asyncio.Protocol):
 class LeanTransport:
     """Posts over pooled keep-alive HTTP/1.1 connections (see the module's docstring).
 
-    ``resolver`` resolves names (an aiohttp ``AbstractResolver``; the default
-    resolver when ``None``); unless the policy allows private targets, it is
-    wrapped in ``GuardedResolver``. ``ssl_context`` replaces the default
+    ``resolver`` resolves names (a ``Resolver``; the system's when ``None``);
+    unless the policy allows private targets, it is wrapped in
+    ``GuardedResolver``. ``ssl_context`` replaces the default
     verifying context (tests with their own certificate authority).
     """
 
     def __init__(self, policy: TargetPolicy, *, attempt_timeout: float, concurrency: int = 256,
-                 per_endpoint: int = 32, resolver=None, ssl_context: ssl.SSLContext | None = None) -> None:
+                 per_endpoint: int = 32, resolver: Resolver | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.policy = policy
         self.attempt_timeout = attempt_timeout
         self._per_endpoint = max(1, per_endpoint)
@@ -414,11 +417,11 @@ class LeanTransport:
                 except RefusedAddress as refused:
                     return self._failed(started, clock, ErrorKind.REFUSED_TARGET, refused.reason)
                 except (OSError, ssl.SSLError, ssl.CertificateError) as exc:
-                    return self._failed(started, clock, ErrorKind.CONNECTION, _describe(exc))
+                    return self._failed(started, clock, ErrorKind.CONNECTION, describe(exc))
             waiter = connection.send(request)
             timer = loop.call_at(deadline, _expire, waiter)
             try:
-                status, retry_after, excerpt, error = await waiter
+                status, retry_after, body, error = await waiter
             except _Broken as broken:
                 if broken.retryable and loop.time() < deadline:
                     reuse = False
@@ -432,7 +435,7 @@ class LeanTransport:
                     return self._failed(started, clock, ErrorKind.TIMEOUT, reason)
                 # The status arrived, the body did not: the endpoint decided, as with aiohttp.
                 return Answer(started, (time.perf_counter() - clock) * 1000.0, status_code=status,
-                              excerpt=_excerpt(bytes(connection.body)), retry_after=connection.retry_after,
+                              excerpt=excerpt(bytes(connection.body)), retry_after=connection.retry_after,
                               error=reason)
             except BaseException:
                 connection.abandon()  # cancelled mid-exchange: its answer will never be read
@@ -441,7 +444,7 @@ class LeanTransport:
                 timer.cancel()
             self._keep(pool, connection, loop.time())
             return Answer(started, (time.perf_counter() - clock) * 1000.0, status_code=status,
-                          excerpt=_excerpt(excerpt), retry_after=retry_after, error=error)
+                          excerpt=excerpt(body), retry_after=retry_after, error=error)
         return self._failed(started, clock, ErrorKind.CONNECTION, "the connection was closed twice before an answer")
 
     # -------------------------------------------------------------- connections
@@ -506,16 +509,13 @@ class LeanTransport:
             return cached[1]
         if self.policy.allow_private:
             if self._resolver is None:
-                from aiohttp.resolver import DefaultResolver
-
-                self._resolver = DefaultResolver()
+                self._resolver = SystemResolver()
             resolver = self._resolver
         else:
             if self._guard is None:
                 self._guard = GuardedResolver(self._resolver)
             resolver = self._guard
-        entries = await resolver.resolve(target.host, target.port, socket.AF_UNSPEC)
-        addresses = [(entry["family"], entry["host"]) for entry in entries]
+        addresses = await resolver.resolve(target.host, target.port)
         if len(self._names) > 10_000:
             self._names.clear()
         self._names[target.host] = (now + DNS_TTL, addresses)

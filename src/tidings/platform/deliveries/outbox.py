@@ -11,8 +11,8 @@ their number (batched ingestion); ``record_event`` is the same for one.
 Sequence numbers are taken with one atomic upsert, and the rows of
 ``delivery_sequences`` stay locked until the transaction ends: that
 serialises the writers of one conversation with the dispatcher's promotions
-(``delivery_store.promote_and_claim``), so a promotion never misses a delivery
-queued behind the one finishing.
+(``cycle``), so a promotion never misses a delivery queued behind the one
+finishing.
 """
 
 from __future__ import annotations
@@ -29,16 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import MessageEvent, dump_event, utcnow
 from tidings.contract.signing import Signer
-from tidings.store.platform_tables import deliveries, delivery_sequences, events, webhook_configs
+from tidings.platform import configurations
+from tidings.platform.deliveries.statuses import HELD, PENDING, QUEUED, UNFINISHED
+from tidings.platform.webhook_rules import BY_CONVERSATION
+from tidings.store.platform_tables import deliveries, delivery_sequences, events
 
-PENDING = "pending"
-HELD = "held"  # the configuration is paused; sent once it is resumed
-# Ordered delivery: waits until the delivery before it in its conversation
-# (same configuration) is delivered or has finally failed.
-QUEUED = "queued"
-UNFINISHED = ("pending", "delivering", QUEUED, HELD)
-
-ORDERED = "conversation"  # a configuration's ordering mode; the other is "none"
+__all__ = ["initial_status", "new_webhook_id", "record_event", "record_events"]
 
 
 def new_webhook_id() -> str:
@@ -76,14 +72,9 @@ async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, Messag
             insert(events).returning(events.c.id, sort_by_parameter_order=True), rows)).scalars())
 
     subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
-    for config_id, org_id, event_type, paused, ordering in (await conn.execute(
-        select(webhook_configs.c.id, webhook_configs.c.org_id, webhook_configs.c.event_type, webhook_configs.c.paused,
-               webhook_configs.c.ordering)
-        .where(webhook_configs.c.org_id.in_({org_id for org_id, _ in items}),
-               webhook_configs.c.event_type.in_({event.type for _, event in items}))
-        .order_by(webhook_configs.c.id)
-    )).all():
-        subscribed[(org_id, event_type)].append((config_id, paused, ordering == ORDERED))
+    for config_id, org_id, event_type, paused, ordering in await configurations.subscribed(
+            conn, {org_id for org_id, _ in items}, {event.type for _, event in items}):
+        subscribed[(org_id, event_type)].append((config_id, paused, ordering == BY_CONVERSATION))
     if not subscribed:
         return event_ids
 

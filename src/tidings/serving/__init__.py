@@ -1,0 +1,1 @@
+"""Serving HTTP: what the platform's and the receiver's servers share, below both."""
