@@ -76,6 +76,7 @@ _FAILED = Outcome.FAILED
 _RETRY = Outcome.RETRY
 RATE_WINDOW = 0.25  # seconds; an endpoint's pace is measured over one to two of these
 RUNNER_IDLE = 5.0  # seconds an endpoint's runners wait for more jobs before they end
+PURGE_INTERVAL = 5.0  # seconds between looks for deleted configurations to purge
 CLAIM_AHEAD = 8  # batches claimed beyond the requests in flight (see Dispatcher.capacity; bench/dispatch.py)
 
 
@@ -217,6 +218,7 @@ class Dispatcher:
         self._signal = asyncio.Event()  # something changed: the cycle loop looks again
         self._delivered_decisions: dict[int, Decision] = {}  # by 2xx status
         self._saturated: set[str] = set()  # endpoints that recently had deliveries handed back
+        self._next_purge_at = 0.0
 
     # ------------------------------------------------------------ running
 
@@ -670,12 +672,13 @@ class Dispatcher:
                 self._dismiss_idle_runners(now)
             except Exception:
                 log.exception("heartbeat failed")
-            try:  # apart: a writer racing a purge fails the purge, never the heartbeat
-                async with self.cycle.transaction() as conn:
-                    await actions.purge_deleted_configurations(conn)
-            except Exception:
-                log.warning("purging deleted configurations failed; trying again at the next heartbeat",
-                            exc_info=True)
+            if time.monotonic() >= self._next_purge_at:
+                self._next_purge_at = time.monotonic() + PURGE_INTERVAL
+                try:  # apart: a writer racing a purge fails the purge, never the heartbeat
+                    async with self.cycle.transaction() as conn:
+                        await actions.purge_deleted_configurations(conn)
+                except Exception:
+                    log.warning("purging deleted configurations failed; trying again later", exc_info=True)
 
 
 def _job_for(row: Any, url: str, bodies: dict[int, bytes], secrets: list[str],

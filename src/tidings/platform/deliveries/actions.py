@@ -153,13 +153,16 @@ async def delete_configuration(conn: AsyncConnection, *, config_id: int, now: da
 async def purge_deleted_configurations(conn: AsyncConnection) -> int:
     """Deleted configurations go for good once none of their deliveries is
     being sent: what is left of their deliveries, their sequence numbers and
-    their rows. Returns how many configurations went."""
-    deleted = select(webhook_configs.c.id).where(webhook_configs.c.deleted_at.is_not(None))
+    their rows. Returns how many configurations went (one read of the small
+    configurations table when there is nothing to purge)."""
+    deleted = (await conn.execute(select(webhook_configs.c.id)
+                                  .where(webhook_configs.c.deleted_at.is_not(None)))).scalars().all()
+    if not deleted:
+        return 0
     await conn.execute(delete(deliveries).where(deliveries.c.webhook_config_id.in_(deleted),
                                                 deliveries.c.status != DELIVERING))
     gone = select(webhook_configs.c.id).where(
-        webhook_configs.c.deleted_at.is_not(None),
-        ~exists().where(deliveries.c.webhook_config_id == webhook_configs.c.id))
+        webhook_configs.c.id.in_(deleted), ~exists().where(deliveries.c.webhook_config_id == webhook_configs.c.id))
     await conn.execute(delete(delivery_sequences).where(delivery_sequences.c.webhook_config_id.in_(gone)))
     purged = await conn.execute(delete(webhook_configs).where(webhook_configs.c.id.in_(gone)))
     return purged.rowcount
