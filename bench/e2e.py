@@ -9,7 +9,8 @@ The platform is the installed ``tidings`` command, run as the README runs
 it: ``tidings keys generate``, ``tidings db upgrade``, ``tidings org
 create``, ``tidings business create`` and ``tidings channel create`` set it
 up, then ``tidings serve`` runs (with ``--allow-private-targets
---allow-http``, since the subscriber is on loopback), and on PostgreSQL one
+--allow-http``, since the subscriber is on loopback; on ``--port 0``, the
+port it bound read from /proc, as serve takes no socket), and on PostgreSQL one
 ``tidings worker`` beside it (``--workers``); a PostgreSQL URL names a
 server, on which a fresh database is created and dropped at the end. One
 ``message_created`` configuration (``POST /v2/webhooks``, default ordering)
@@ -29,6 +30,10 @@ the subscriber did not receive within ``--grace`` seconds after the last
 request is lost. The baseline is the same client at the same rate posting
 the same bodies straight to the subscriber, in the same run, before the
 platform's run (and after a few warm-up messages through the platform).
+Beside them: the API's answer times, the CPU time per message of the
+platform's processes and of this one, and the configuration's deliveries
+per status once the grace is over (the warm-up's included): whether what
+was not received is still on its way or finished otherwise.
 
 Every process started here is stopped at the end, on an error or Ctrl-C too
 (and, on Linux, dies with this one). The last line printed is one JSON
@@ -64,6 +69,7 @@ import dispatch  # noqa: E402  (its Database: a SQLite file, or a fresh PostgreS
 HOOK_PATH = "/hook"
 MAX_HEAD = 64 * 1024  # the subscriber's bound on a request's head
 MAX_BODY = 1 << 20  # and on its body
+DELIVERY_STATUSES = ("pending", "queued", "held", "delivering", "delivered", "failed")  # the API's status filter
 WARM_UP_MESSAGES = 5
 WARM_UP_WAIT = 60.0  # seconds for the warm-up messages' events: the platform must work before it is measured
 START_WAIT = 60.0  # seconds for a started process to listen (serve) or log that it delivers (worker)
@@ -494,6 +500,7 @@ class Platform:
     api_key: str
     channel_id: str
     business_id: str
+    config_id: int
     pids: dict[str, int]
 
 
@@ -513,7 +520,7 @@ def start_platform(processes: Processes, db_url: str, workers: int, hook_url: st
     serve = processes.start("serve", "serve", "--db", db_url, "--host", "127.0.0.1", "--port", "0",
                             "--signing-key", str(key_file), "--data-dir", str(scratch / "data"), *loopback)
     port = min(wait_until(lambda: listening_ports(serve.pid), START_WAIT, processes, "`tidings serve` did not listen"))
-    create_configuration(port, org["api_key"], hook_url)
+    config_id = create_configuration(port, org["api_key"], hook_url)
     pids = {"serve": serve.pid}
     for number in range(workers):
         name = f"worker-{number + 1}"
@@ -521,19 +528,37 @@ def start_platform(processes: Processes, db_url: str, workers: int, hook_url: st
         wait_until(lambda: "delivering from" in processes.log_tail(name), START_WAIT, processes,
                    f"`tidings worker` ({name}) did not start delivering")
         pids[name] = worker.pid
-    return Platform(port, org["api_key"], channel["channel_id"], business["business_id"], pids)
+    return Platform(port, org["api_key"], channel["channel_id"], business["business_id"], config_id, pids)
 
 
-def create_configuration(port: int, api_key: str, hook_url: str) -> None:
-    """``POST /v2/webhooks``: one ``message_created`` configuration, the defaults otherwise."""
+def create_configuration(port: int, api_key: str, hook_url: str) -> int:
+    """``POST /v2/webhooks``: one ``message_created`` configuration, the defaults otherwise; returns its id."""
     body = json.dumps({"items": [{"url": hook_url, "event_type": "message_created"}]}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/webhooks", data=body, method="POST",
                                      headers={"x-APIKey": api_key, "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
-            answer.read()
+            return json.loads(answer.read())["items"][0]["id"]
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"POST /v2/webhooks answered {error.code}: {error.read()[:500]!r}") from None
+
+
+def delivery_counts(platform: Platform) -> dict[str, int]:
+    """The configuration's deliveries per status, from ``GET /v2/webhooks/{id}/deliveries``: after the
+    grace, whether what was not received is still on its way (pending, queued) or finished otherwise."""
+    counts = {}
+    for status in DELIVERY_STATUSES:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{platform.api_port}/v2/webhooks/{platform.config_id}/deliveries"
+            f"?status={status}&per_page=1", headers={"x-APIKey": platform.api_key})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                count = json.loads(answer.read())["count"]
+        except (OSError, ValueError, KeyError):  # a status the API no longer knows, or no answer in time
+            continue
+        if count:
+            counts[status] = count
+    return counts
 
 
 # ---------------------------------------------------------------- the measurement
@@ -670,6 +695,7 @@ def main() -> int:
             print(f"tidings serve (pid {platform.pids['serve']}) listening on http://127.0.0.1:{platform.api_port}, "
                   f"{workers} worker(s) beside it, on {store}; the subscriber on {hook_url}", flush=True)
             figures = run_async(measure(args, platform, sock, processes))
+            deliveries = delivery_counts(platform)
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True
         finally:
@@ -686,15 +712,15 @@ def main() -> int:
           f"acknowledged ({result['unanswered']} unanswered within {args.grace:g} s, errors {result['errors']}), "
           f"{result['received']} received, {result['lost']} lost (acknowledged, not received within "
           f"{args.grace:g} s); p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms "
-          f"(the API's answers: p50 {result['answers']['p50_ms']} ms, p99 {result['answers']['p99_ms']} ms)",
-          flush=True)
+          f"(the API's answers: p50 {result['answers']['p50_ms']} ms, p99 {result['answers']['p99_ms']} ms); "
+          f"deliveries per status at the end: {deliveries}", flush=True)
     print(json.dumps({
         "bench": "e2e", "store": store, **commit_of_checkout(), "rate": args.rate, "duration_s": args.duration,
         "grace_s": args.grace, "workers": workers, "conversations": args.conversations, "client": "lean",
         "schedule": "open-loop",
         "sent": result["sent"], "acknowledged": result["acknowledged"], "received": result["received"],
         "lost": result["lost"], "unanswered": result["unanswered"], "errors": result["errors"],
-        "duplicates": result["duplicates"],
+        "duplicates": result["duplicates"], "deliveries_at_end": deliveries,
         "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "max_ms": result["max_ms"],
         "baseline_p50_ms": baseline["p50_ms"], "baseline_p99_ms": baseline["p99_ms"],
         "baseline_max_ms": baseline["max_ms"],
