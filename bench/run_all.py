@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("ordering", ["ordering.py"]),
     ("ingest", ["ingest.py"]),
     ("receive", ["receive.py"]),
+    ("e2e", ["e2e.py", "--duration", "5"]),  # short: 100 messages at 20/s (the figures: --rate 500)
 ]
 
 
