@@ -81,6 +81,7 @@ def main() -> None:
         "cpu_us_per_delivery": round(cpu, 1), "baseline_cpu_us_per_delivery": round(baseline_cpu, 1),
         "pending": args.pending, "conversations": args.conversations, "endpoints": args.endpoints,
         "delivered": min(result["delivered"] for result in ordered), "transport": args.transport,
+        "client": dispatch.client_names(args.transport)["client"],
         "load_average": {"before": load_before, "after": dispatch._load_average()}}))
 
 

@@ -1,7 +1,9 @@
 """``make bench``: every benchmark, one after the other, then their last lines.
 
 Each benchmark prints its own figures and a baseline measured in the same
-run; this only runs them and gathers the closing JSON line of each.
+run; this only runs them and gathers the closing JSON line of each, which
+must name the client that made the load (``"client"``). ``make bench``
+installs the tools they drive first (``scripts/install-bench-tools.sh``).
 ``--db postgresql://...`` runs the ones that take a database on PostgreSQL.
 """
 
@@ -11,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,12 +50,16 @@ def main() -> int:
             continue
         full = [sys.executable, str(HERE / command[0]), *command[1:], *(["--db", args.db] if args.db else [])]
         print(f"== {name}: {' '.join(full[1:])}", flush=True)
+        started = time.monotonic()
         run = subprocess.run(full, capture_output=True, text=True)
         print(run.stdout[-3000:], end="", flush=True)
+        print(f"({name} took {time.monotonic() - started:.0f} s)", flush=True)
         result = last_json_line(run.stdout)
-        if run.returncode != 0 or result is None:
+        if run.returncode != 0 or result is None or not result.get("client"):
             failed.append(name)
             print(run.stderr[-3000:], file=sys.stderr)
+            if result is not None and not result.get("client"):
+                print(f"{name}: its JSON line names no client", file=sys.stderr)
         else:
             results.append(result)
     print("\n== results")
