@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench dist clean
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ test: install
 demo: install
 	$(BIN)/tidings demo $(DEMO_ARGS)
 
+# The benchmarks' own tools (wrk) are installed by the project's script first.
 bench: install
-	$(BIN)/python bench/run_all.py
+	bash scripts/install-bench-tools.sh
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# A wheel and an sdist in dist/.
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache

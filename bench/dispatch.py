@@ -50,6 +50,14 @@ PYTHON = sys.executable
 BARE_CAP = 60_000  # the baseline posts at most this many requests; enough for a steady rate
 
 
+def client_names() -> dict[str, str]:
+    """The clients of the JSON line, with their versions: the dispatcher (the client measured) and the bare baseline."""
+    from importlib.metadata import version
+
+    return {"client": f"tidings {version('tidings')} dispatcher, lean transport",
+            "baseline_client": f"aiohttp {version('aiohttp')}"}
+
+
 # ---------------------------------------------------------------- the sink
 
 
@@ -405,7 +413,7 @@ def throughput(args, key: str, scratch: Path) -> dict:
             # CPU time per delivery (the dispatcher's process, its aiosqlite thread included) and per
             # bare request: their quotient is the ratio the rates would have with equal shares of the cores.
             "cpu_us_per_delivery": round(cpu_us, 1), "baseline_cpu_us_per_request": round(bare_cpu_us, 1),
-            "cpu_ratio": round(bare_cpu_us / cpu_us, 3),
+            "cpu_ratio": round(bare_cpu_us / cpu_us, 3), **client_names(),
             "load_average": {"before": load_before, "after": _load_average()}}
 
 
@@ -429,6 +437,7 @@ def isolation(args, key: str, scratch: Path) -> dict:
     return {"bench": "dispatch-isolation", "store": store, "rate": round(isolated, 1),
             "baseline_rate": round(normal, 1), "ratio": round(isolated / normal, 3), "pending": args.pending,
             "endpoints": args.endpoints, "dead_endpoint": f"/hook/{dead}", "attempt_timeout": args.attempt_timeout,
+            "client": client_names()["client"],
             "load_average": _load_average()}
 
 

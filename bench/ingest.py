@@ -157,6 +157,15 @@ def summary(latencies: list[float], errors: dict[str, int], elapsed: float) -> d
             "p50_ms": percentile(0.50), "p99_ms": percentile(0.99)}
 
 
+def client_name(client: str) -> str:
+    """The client that made the load, with its version, for the JSON line."""
+    if client == "aiohttp":
+        from importlib.metadata import version
+
+        return f"aiohttp {version('aiohttp')}"
+    return f"lean asyncio client (Python {sys.version.split()[0]})"
+
+
 async def load(url: str, api_key: str, channel_id: str, business_id: str, *, duration: float, concurrency: int,
                run: str, client: str = "lean") -> dict:
     """``concurrency`` clients post messages for ``duration`` seconds, each
@@ -428,7 +437,8 @@ def main() -> None:
         "server_cpu_us": platform["server_cpu_us"], "client_cpu_us": platform["client_cpu_us"],
         "baseline_server_cpu_us": baseline["server_cpu_us"], "baseline_client_cpu_us": baseline["client_cpu_us"],
         "load_average": [round(value, 2) for value in os.getloadavg()],
-        "concurrency": args.concurrency, "duration_s": args.duration, "client": args.client, "webhook_configs": 2,
+        "concurrency": args.concurrency, "duration_s": args.duration, "client": client_name(args.client),
+        "webhook_configs": 2,
         "stored": counts, "cpus": os.cpu_count(),
     }
     print(json.dumps(result))

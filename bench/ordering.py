@@ -42,7 +42,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--attempt-timeout", type=float, default=10.0)
     parser.add_argument("--duration", type=float, help="stop each dispatcher run after this many seconds")
-    parser.add_argument("--transport", choices=["lean", "aiohttp"], default="lean")
     parser.add_argument("--rounds", type=int, default=2, help="runs with ordering, each between two without")
     args = parser.parse_args()
     if args.conversations % args.endpoints:
@@ -80,7 +79,8 @@ def main() -> None:
         "baseline_rates": [round(result["rate"], 1) for result in unordered],
         "cpu_us_per_delivery": round(cpu, 1), "baseline_cpu_us_per_delivery": round(baseline_cpu, 1),
         "pending": args.pending, "conversations": args.conversations, "endpoints": args.endpoints,
-        "delivered": min(result["delivered"] for result in ordered), "transport": args.transport,
+        "delivered": min(result["delivered"] for result in ordered),
+        "client": dispatch.client_names()["client"],
         "load_average": {"before": load_before, "after": dispatch._load_average()}}))
 
 

@@ -22,9 +22,11 @@ Throughput: many connections post as fast as answers come back, for
 ``--duration`` seconds; the rate counts 200 answers only, and for the
 receiver the benchmark then checks that every one of them is in the store.
 The client is ``wrk`` with a Lua script that replays the pre-signed requests
-(``apt-get install wrk``); without it, a lean asyncio client of this file
-does the same, at a higher cost in CPU that the servers then lack (the JSON
-says which client ran).
+(``scripts/install-bench-tools.sh`` installs it; ``make bench`` runs that
+first). Without wrk the benchmark stops and says so: the Python client of this
+file (``--client python``, only when asked for) takes CPU from the servers on
+the same cores and reports about half the rate. The JSON names the client and
+its version.
 
 Latency: the receiver, restarted on a fresh database, gets events at a fixed
 rate (``--latency-rate``, 2,000/s) from an open-loop client: each request
@@ -43,6 +45,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -267,6 +270,13 @@ class Server:
 # ---------------------------------------------------------------- clients
 
 
+def wrk_version() -> str:
+    """``wrk 4.1.0``, from ``wrk -v`` (which exits 1 after printing it)."""
+    shown = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10).stdout
+    found = re.search(r"wrk\s+(?:\S*/)?(\d+(?:\.\d+)+)", shown)
+    return f"wrk {found.group(1)}" if found else "wrk (version unknown)"
+
+
 def run_wrk(port: int, requests_file: Path, connections: int, duration: float) -> tuple[int, int, float]:
     """(200 answers, other answers, seconds) from wrk replaying the pre-signed requests."""
     script = requests_file.with_suffix(".lua")
@@ -414,13 +424,16 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=2000.0)
     parser.add_argument("--latency-seconds", type=float, default=5.0)
     parser.add_argument("--events", type=int, default=0, help="distinct events to sign (default: enough for the runs)")
-    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk",
+                        help="the throughput client: wrk (default), or this file's asyncio one when asked for")
     parser.add_argument("--only-receiver", action="store_true", help="skip the baselines (while tuning)")
     args = parser.parse_args()
 
     client = args.client
-    if client == "auto":
-        client = "wrk" if shutil.which("wrk") else "python"
+    if client == "wrk" and not shutil.which("wrk"):
+        sys.exit("error: wrk is not installed: run scripts/install-bench-tools.sh "
+                 "(or pass --client python for the slower Python client)")
+    client_name = wrk_version() if client == "wrk" else f"asyncio closed loop (Python {sys.version.split()[0]})"
     store = "postgresql" if args.db and args.db.startswith("postgres") else "sqlite"
     latency_count = int(args.latency_rate * args.latency_seconds)
     count = args.events or int(14_000 * args.duration) + latency_count
@@ -515,7 +528,8 @@ def main() -> None:
         "workers": args.workers,
         "verify_threads": args.verify_threads,
         "duration_s": args.duration,
-        "client": client,
+        "client": client_name,
+        "latency_client": f"asyncio open loop (Python {sys.version.split()[0]})",
         "cpus": os.cpu_count(),
         "loadavg_1m": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],  # other work on the machine, start and end
     }

@@ -1,4 +1,4 @@
-"""Shared fixtures: database URLs for both engines, and the seed's example."""
+"""Shared fixtures: database URLs for both engines, and the seed's example (docs/CONTRACT.md, section 1)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import uuid
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-SEED_EXAMPLE = SHARED / "contract" / "message_created.example.json"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+SEED_EXAMPLE = FIXTURES / "message_created.example.json"
 POSTGRES_URL = os.environ.get("TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("TIDINGS_REQUIRE_POSTGRES") == "1"
 
 
 @pytest.fixture(scope="session")
 def seed_example_bytes() -> bytes:
-    if not SEED_EXAMPLE.is_file():  # the contract lives beside the repository, not in it
-        pytest.fail(f"the seed's example is missing: {SEED_EXAMPLE} (the checkout must sit beside shared/)")
+    """The seed's own example, byte for byte as the seed shows it."""
     return SEED_EXAMPLE.read_bytes()
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from tidings import __version__
 from tidings.cli import demo, events, keys, platform, receiver, serve, simulate, worker
 from tidings.cli.errors import CliError
 
@@ -17,6 +19,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(asked: bool) -> None:
+    if asked:
+        print(f"tidings {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version of tidings and exit.")] = False,
+) -> None:
+    """tidings: a conversations webhook platform and its receiver."""
+
+
 app.add_typer(keys.app, name="keys")
 app.add_typer(events.app, name="event")
 app.add_typer(receiver.app, name="receiver")
