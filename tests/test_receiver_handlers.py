@@ -41,7 +41,7 @@ def test_filters_on_type_and_fields():
 
 
 def service_with(db_url: str, keys: Keys, handlers: Handlers, **options) -> ReceiverService:
-    config = ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], poll_interval=0.02, backoff_base=0.0, **options)
+    config = ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], any_org=True, poll_interval=0.02, backoff_base=0.0, **options)
     return ReceiverService(config, handlers)
 
 

@@ -6,16 +6,17 @@ Library::
     from tidings.contract.signing import Verifier, load_public_key
     from tidings.receiver import Receiver, ReceiverApp
 
-    receiver = Receiver("sqlite:///events.db", Verifier(public_keys=[load_public_key(pem)]))
-    app = ReceiverApp(receiver, path="/webhook")            # ASGI
+    receiver = Receiver("sqlite:///events.db", Verifier(public_keys=[load_public_key(pem)]), org_ids=[1])
+    app = receiver_app(receiver, path="/webhook")           # ASGI: the public listener (webhook, /health)
     # or: fastapi_app.include_router(webhook_router(receiver))
     # or, in a Flask / Django view: answer = receiver.handle_sync(body, headers, query)
+    admin = admin_app(receiver, AdminListener(port=8001))   # the inbox and read API, on a private listener
 
-Service: ``tidings receive --db URL --public-key PEM`` (see ``service``).
+Service: ``tidings receive --db URL --public-key PEM --org-id N`` (see ``service``).
 """
 
 from tidings.receiver.answers import Answer
-from tidings.receiver.asgi import ReceiverApp
+from tidings.receiver.asgi import ReceiverApp, receiver_app
 from tidings.receiver.builtin_handlers import HandlerFailed, append_jsonl, forward_to, run_command
 from tidings.receiver.core import Receiver
 from tidings.receiver.dedupe import dedupe_key
@@ -23,6 +24,7 @@ from tidings.receiver.handlers import EventFilter, Handler, Handlers, ReceivedEv
 from tidings.receiver.log import EventLog, StoredEvent
 
 __all__ = [
+    "AdminListener",
     "Answer",
     "EventFilter",
     "EventLog",
@@ -33,9 +35,11 @@ __all__ = [
     "Receiver",
     "ReceiverApp",
     "StoredEvent",
+    "admin_app",
     "append_jsonl",
     "dedupe_key",
     "forward_to",
+    "receiver_app",
     "retry_delay",
     "run_command",
     "webhook_router",
@@ -43,9 +47,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # FastAPI is imported only by those who use the router.
+    # FastAPI is imported only by those who use the router or the admin app.
     if name == "webhook_router":
         from tidings.receiver.fastapi_router import webhook_router
 
         return webhook_router
+    if name in ("admin_app", "AdminListener"):
+        from tidings.receiver import admin
+
+        return getattr(admin, name)
     raise AttributeError(name)

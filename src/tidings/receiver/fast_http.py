@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from tidings.receiver.answers import Answer
 from tidings.receiver.asgi import MAX_BODY_BYTES, ReceiverApp, match_webhook_path
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 413: b"Payload Too Large", 503: b"Service Unavailable"}
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 413: b"Payload Too Large", 503: b"Service Unavailable"}
 _TOO_LARGE = Answer(413, b'{"error":"body too large"}')
 
 

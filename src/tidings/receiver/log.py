@@ -2,7 +2,9 @@
 
 The log is written by one writer per process (``GroupCommitter``), in batches,
 with ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` so that a retry of a
-stored delivery is a no-op on both engines. Log positions (``id``) are handed
+stored delivery is a no-op on both engines; a request without a signed id
+whose body is stored already (a replay stripped of its ``webhook-*``
+headers) is left out before the insert, by the rule of ``dedupe.replays``. Log positions (``id``) are handed
 out in commit order: SQLite has one writer at a time anyway, and on
 PostgreSQL each batch takes a transaction-level advisory lock, so that a
 reader paging with ``id > after`` never skips an event committed late with a
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, delete, event, func, select, text
 from sqlalchemy.engine import Engine
 
+from tidings.receiver.dedupe import body_digest, replays
 from tidings.store.engine import create_sync_engine, is_sqlite
 from tidings.store.receiver_tables import create_receiver_schema, receiver_events, receiver_quarantine
 
@@ -45,6 +48,11 @@ class Record:
     conversation_id: int | None = None
     error: str = ""  # why a quarantined body does not parse
     sequence: int | None = None  # X-Tidings-Sequence
+    body_sha256: bytes = b""  # the body's SHA-256; computed here when not given
+
+    def __post_init__(self) -> None:
+        if not self.body_sha256:
+            object.__setattr__(self, "body_sha256", body_digest(self.body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,7 @@ class StoredEvent:
     conversation_id: int | None
     body: bytes
     sequence: int | None = None
+    body_sha256: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,7 @@ class QuarantinedBody:
     received_at: float
     error: str
     body: bytes
+    body_sha256: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,9 @@ def create_log_engine(url: str, **kwargs) -> Engine:
 _WRITING = "tidings.receiver.writing"
 
 
-_EVENT_COLUMNS = ("dedupe_key", "event_type", "webhook_id", "scheme", "received_at", "message_id", "conversation_id", "body", "sequence")
-_QUARANTINE_COLUMNS = ("dedupe_key", "webhook_id", "scheme", "received_at", "error", "body")
+_EVENT_COLUMNS = ("dedupe_key", "event_type", "webhook_id", "scheme", "received_at", "message_id", "conversation_id", "body",
+                  "sequence", "body_sha256")
+_QUARANTINE_COLUMNS = ("dedupe_key", "webhook_id", "scheme", "received_at", "error", "body", "body_sha256")
 
 
 def _insert_sql(table, columns: tuple[str, ...], dialect) -> str:
@@ -181,13 +192,28 @@ class EventLog:
         to the driver's ``executemany`` as tuples; measured, SQLAlchemy's
         per-row parameter processing cost as much as the insert itself.
         """
-        events = [_event_row(r) for r in records if r.kind == EVENT]
-        quarantined = [_quarantine_row(r) for r in records if r.kind == QUARANTINE]
         self.lock_appends(conn)
+        events = [_event_row(r) for r in self._first_deliveries(conn, receiver_events, records, EVENT)]
+        quarantined = [_quarantine_row(r) for r in self._first_deliveries(conn, receiver_quarantine, records, QUARANTINE)]
         if events:
             conn.exec_driver_sql(self._insert_event_sql, events)
         if quarantined:
             conn.exec_driver_sql(self._insert_quarantined_sql, quarantined)
+
+    def _first_deliveries(self, conn: Connection, table, records: Sequence[Record], kind: str) -> list[Record]:
+        """The records of ``kind`` that are no replay of a stored delivery nor of an earlier one of the batch."""
+        mine = [r for r in records if r.kind == kind]
+        if not mine:
+            return mine
+        stored: dict[bytes, list[str]] = {}
+        digests = sorted({r.body_sha256 for r in mine})
+        for start in range(0, len(digests), 500):
+            query = select(table.c.body_sha256, table.c.dedupe_key).where(
+                table.c.body_sha256.in_(digests[start : start + 500]))
+            for digest, key in conn.execute(query):
+                stored.setdefault(bytes(digest), []).append(key)
+        verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], stored)
+        return [record for record, repeated in zip(mine, verdicts) if not repeated]
 
     def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database, without blocking writers.
@@ -288,8 +314,10 @@ def _event_row(record: Record) -> tuple:
         record.conversation_id,
         record.body,
         record.sequence,
+        record.body_sha256,
     )
 
 
 def _quarantine_row(record: Record) -> tuple:
-    return (record.dedupe_key, record.webhook_id, record.scheme, record.received_at, record.error, record.body)
+    return (record.dedupe_key, record.webhook_id, record.scheme, record.received_at, record.error, record.body,
+            record.body_sha256)
