@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from tidings.store.receiver_tables import create_receiver_schema, receiver_event
 
 EVENT = "event"
 QUARANTINE = "quarantine"
+
+_DIGESTS_PER_QUERY = 500  # body digests looked up per statement: well under both drivers' parameter limits
 
 # Any constant: the key of the lock that orders the writers of one database.
 _APPEND_LOCK_KEY = 0x7469_6469_6E67  # "tiding"
@@ -207,10 +210,10 @@ class EventLog:
             return mine
         stored: dict[bytes, list[str]] = {}
         digests = sorted({r.body_sha256 for r in mine})
-        for start in range(0, len(digests), 500):
-            query = select(table.c.body_sha256, table.c.dedupe_key).where(
-                table.c.body_sha256.in_(digests[start : start + 500]))
-            for digest, key in conn.execute(query):
+        for start in range(0, len(digests), _DIGESTS_PER_QUERY):
+            chunk = tuple(digests[start : start + _DIGESTS_PER_QUERY])
+            sql = _same_bodies_sql(table.name, len(chunk), self.engine.dialect.paramstyle)
+            for digest, key in conn.exec_driver_sql(sql, chunk):
                 stored.setdefault(bytes(digest), []).append(key)
         verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], stored)
         return [record for record, repeated in zip(mine, verdicts) if not repeated]
@@ -301,6 +304,13 @@ class EventLog:
                 conn.execute(delete(receiver_quarantine).where(receiver_quarantine.c.id == body.id))
                 moved.append(body.id)
         return ReprocessOutcome(moved, failing)
+
+
+@functools.lru_cache(maxsize=128)
+def _same_bodies_sql(table_name: str, count: int, paramstyle: str) -> str:
+    """The rows with one of ``count`` body digests, in the driver's parameter style (no SQLAlchemy on the hot path)."""
+    placeholders = ", ".join(["?" if paramstyle == "qmark" else "%s"] * count)
+    return f"SELECT body_sha256, dedupe_key FROM {table_name} WHERE body_sha256 IN ({placeholders})"
 
 
 def _event_row(record: Record) -> tuple:

@@ -280,7 +280,12 @@ def _http_protocol() -> str:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: one the system picks), as uvicorn binds one."""
+    """A TCP socket bound to ``host:port`` (port 0: one the system picks), as uvicorn binds one.
+
+    It listens once its server starts (``create_server`` calls ``listen``):
+    until then a connection is refused rather than queued, so whoever waits
+    for the port to accept waits for a server that answers.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -288,7 +293,6 @@ def listen(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(2048)
     except BaseException:
         sock.close()
         raise
