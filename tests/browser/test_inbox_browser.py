@@ -91,3 +91,23 @@ def test_a_form_post_from_the_page_works_under_the_origin_rule(receiver: Receive
     page.click("button[data-action=reprocess-all]")  # the browser sends its Origin with the post
     expect(page.locator(".notice")).to_contain_text("0 quarantined bodies parsed and moved to the log; 1 still")
 
+
+def test_a_javascript_url_in_an_image_message_is_text_not_a_link(receiver: ReceiverServer, page: Page):
+    samples = SampleFactory(5)
+    hostile = message_event(samples, consumer="Mallory", content_type="Image", text="javascript:alert(document.domain)")
+    assert receiver.send(hostile).status_code == 200
+    fine = message_event(samples, consumer="Ana", content_type="Image", text="https://cdn.example.com/cat.png")
+    assert receiver.send(fine).status_code == 200
+
+    page.goto(receiver.sign_in_url("/inbox"))
+    expect(page.locator("#conversations > li.conversation")).to_have_count(2)
+    page.locator("#conversations > li.conversation", has_text="Mallory").click()
+    bubble = page.locator("#thread > li.message .bubble").first
+    expect(bubble).to_contain_text("javascript:alert(document.domain)")
+    expect(bubble.locator("a")).to_have_count(0)
+    expect(bubble.locator("[data-not-a-link]")).to_have_text("javascript:alert(document.domain)")
+
+    page.goto(receiver.admin_url + "/inbox")
+    page.locator("#conversations > li.conversation", has_text="Ana").click()
+    link = page.locator("#thread > li.message .bubble a").first
+    expect(link).to_have_attribute("href", "https://cdn.example.com/cat.png")
