@@ -307,7 +307,7 @@ def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 800
     The public listener is ``public_socket``, or ``host:port``; the admin
     listener, when ``admin`` is given, is ``admin_socket`` or
     ``admin.host:admin.port``. Both are bound before anything starts, so a
-    port in use fails at once.
+    port another server listens on fails at once.
 
     The projection and the handlers run in a process of their own, the
     follower, which holds the background lease; request workers take the
