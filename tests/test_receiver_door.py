@@ -222,7 +222,7 @@ def test_a_cookie_post_needs_this_listeners_origin_and_a_bearer_post_does_not(st
 # ---------------------------------------------------------------- the door's rule, without sockets
 
 
-HOSTS = allowed_hosts("127.0.0.1", 8001, ["inbox.example.com"])
+HOSTS = allowed_hosts("127.0.0.1", 8001, ["inbox.example.com", "Proxy.Example:8443", "::1"])
 
 
 def knock(**fields) -> Knock:
@@ -242,9 +242,11 @@ def test_the_doors_rule():
     assert decide(knock(has_session=True, method="POST", origin="http://127.0.0.1:8001"), token, HOSTS).action == "enter"
     assert decide(knock(bearer=token, method="POST"), token, HOSTS).action == "enter"
     assert decide(knock(host=None, bearer=token), token, HOSTS).status == 400
-    for host in ("evil.example", "127.0.0.1", "127.0.0.1:8002", "localhost.evil.example:8001"):
+    for host in ("evil.example", "127.0.0.1", "127.0.0.1:8002", "localhost.evil.example:8001", "proxy.example",
+                 "proxy.example:8001"):
         assert decide(knock(host=host, bearer=token, has_session=True), token, HOSTS).status == 403
-    for host in ("LOCALHOST:8001", "[::1]:8001", "inbox.example.com", "inbox.example.com:8001"):
+    for host in ("LOCALHOST:8001", "[::1]:8001", "inbox.example.com", "inbox.example.com:8001", "proxy.example:8443",
+                 "[::1]"):
         assert decide(knock(host=host, bearer=token), token, HOSTS).action == "enter"
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict
@@ -52,11 +53,15 @@ def new_token() -> str:
 def host_name(host: str) -> str:
     """A host as it appears in a ``Host`` header: an IPv6 address in brackets, lower case.
 
-    >>> host_name("::1"), host_name("LocalHost"), host_name("[::1]")
-    ('[::1]', 'localhost', '[::1]')
+    >>> host_name("::1"), host_name("LocalHost"), host_name("[::1]"), host_name("inbox.example.com:8443")
+    ('[::1]', 'localhost', '[::1]', 'inbox.example.com:8443')
     """
     host = host.strip().lower()
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    try:
+        is_ipv6 = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        is_ipv6 = False
+    return f"[{host}]" if is_ipv6 else host
 
 
 def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
@@ -66,8 +71,8 @@ def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[
     given (``inbox.example.com``, behind a proxy on the default port) and with
     the port (``inbox.example.com:8001``).
 
-    >>> sorted(allowed_hosts("127.0.0.1", 8001, ["inbox.example.com"]))[:3]
-    ['127.0.0.1:8001', '[::1]:8001', 'inbox.example.com']
+    >>> sorted(allowed_hosts("127.0.0.1", 8001, ["inbox.example.com", "proxy.example:8443"]))[2:]
+    ['inbox.example.com', 'inbox.example.com:8001', 'localhost:8001', 'proxy.example:8443']
     """
     names = {f"{host_name(name)}:{port}" for name in (host, *LOOPBACK_NAMES)}
     for name in extra:
