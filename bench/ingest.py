@@ -55,7 +55,7 @@ def serve_platform(db_url: str, port: int) -> None:
     import uvicorn
 
     from tidings.contract.signing import Signer, generate_private_key
-    from tidings.apps import platform_app
+    from tidings.apps.platform import platform_app
     from tidings.platform.api.app import http_protocol, serving_gc
     from tidings.platform.api.context import PlatformContext
     from tidings.platform.settings import DeliverySettings, PlatformSettings

@@ -403,10 +403,11 @@ def stored_keys(db_url: str) -> set[str]:
 
 def receiver_command(db_url: str, key_file: Path, port: int, workers: int, verify_threads: int) -> list[str]:
     """What ``tidings receive --db URL --public-key FILE --port P --workers N`` runs, without the rest of the CLI."""
-    from tidings.receiver.service import ReceiverConfig
+    from tidings.apps.receiver_service import ReceiverConfig
 
-    config = ReceiverConfig(db_url=db_url, public_keys=[key_file.read_text()], workers=workers, verify_threads=verify_threads)
-    code = ("import sys; from tidings.receiver.service import ReceiverConfig, run_service; "
+    config = ReceiverConfig(db_url=db_url, public_keys=[key_file.read_text()], any_org=True, workers=workers,
+                            verify_threads=verify_threads)
+    code = ("import sys; from tidings.apps.receiver_service import ReceiverConfig, run_service; "
             "run_service(ReceiverConfig.from_json(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))")
     return [PYTHON, "-c", code, config.to_json(), str(port)]
 

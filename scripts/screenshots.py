@@ -182,12 +182,12 @@ def seed_receiver(receiver: ReceiverServer) -> int:
 def shoot_inbox(browser, receiver: ReceiverServer, conversation_id: int, out: Path) -> list[Path]:
     context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-GB", timezone_id="UTC")
     page = context.new_page()
-    page.goto(receiver.base_url + "/inbox")
+    page.goto(receiver.sign_in_url("/inbox"))
     page.wait_for_selector("#live-indicator[data-state=on]")
     page.wait_for_function(f"document.querySelectorAll('#conversations > li.conversation').length >= {len(THREADS)}")
     shots = [out / "inbox.png"]
     page.screenshot(path=shots[-1], full_page=True)
-    page.goto(receiver.base_url + f"/inbox/threads/{conversation_id}")
+    page.goto(receiver.admin_url + f"/inbox/threads/{conversation_id}")
     page.wait_for_selector("#live-indicator[data-state=on]")
     shots.append(out / "inbox-thread.png")
     page.screenshot(path=shots[-1], full_page=True)

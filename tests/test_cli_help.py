@@ -29,7 +29,8 @@ WITH_DB = [path for path, command in COMMANDS if any("--db" in p.opts for p in c
 REQUIRED = {
     "org create": ["Acme"], "provider create": ["Agency", "--orgs", "1"], "business create": ["--org", "1", "--name", "B"],
     "channel create": ["--org", "1", "--name", "C"], "worker": ["--signing-key", "whsk_" + "A" * 43 + "="],
-    "receive": ["--public-key", "whpk_" + "A" * 43 + "=", "--port", "9"], "receiver quarantine reprocess": ["--all"],
+    "receive": ["--public-key", "whpk_" + "A" * 43 + "=", "--org-id", "1", "--port", "9"],
+    "receiver quarantine reprocess": ["--all"],
     "receiver dead replay": ["--all"],
 }
 

@@ -54,10 +54,15 @@ def test_demo_shows_deliveries_within_30_seconds_and_both_pages_render_real_data
             deliveries = client.get(f"{dashboard}/deliveries")
             assert deliveries.status_code == 200 and "message_created" in deliveries.text
             assert "delivered" in deliveries.text
-            # the inbox shows conversations that came through the webhooks
-            listing = client.get(inbox)
-            assert listing.status_code == 200
-            conversations = client.get(inbox.replace("/inbox", "/inbox/conversations")).json()["conversations"]
+            # the inbox, opened with the URL the demo printed (its token), shows conversations that came through
+            # the webhooks; the token leaves the URL, a session cookie that is not the token takes its place
+            assert "?token=" in inbox
+            admin, token = inbox.split("/inbox?token=")
+            assert client.get(f"{admin}/inbox").status_code == 401
+            listing = client.get(inbox, follow_redirects=True)
+            assert listing.status_code == 200 and str(listing.url) == f"{admin}/inbox"
+            assert token not in client.cookies.values()
+            conversations = client.get(f"{admin}/inbox/conversations").json()["conversations"]
             assert conversations
             assert str(conversations[0]["consumer_name"] or "") in listing.text
     finally:

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select
 
-from tests.platform_support import free_port, running_platform, serve
+from tests.platform_support import running_platform, serve
 from tidings.contract import MessageCreated, MessageUpdated, parse_event
 from tidings.contract.signing import Verifier, public_key_pem
 from tidings.platform.workers import build_dispatcher
@@ -139,11 +139,27 @@ async def test_messages_and_replies_arrive_signed_and_parsed(db_url):
         assert mine & {("message_updated", "Success"), ("message_updated", "Failed")}
 
 
-def start_receiver(db_url: str, port: int, public_key: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+RECEIVER_TOKEN = "end-to-end-admin-token-0123"
+
+
+def start_receiver(db_url: str, public_key: Path, org_id: int) -> tuple[subprocess.Popen, str, str]:
+    """``tidings receive`` on ports it picks; the process, its public URL and its admin URL, from its start-up lines."""
+    import re
+
+    from tests.test_receiver_service import start_up_lines
+
+    receiver = subprocess.Popen(
         [sys.executable, "-m", "tidings.cli", "receive", "--db", db_url, "--public-key", str(public_key),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+         "--org-id", str(org_id), "--host", "127.0.0.1", "--port", "0", "--admin-port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "TIDINGS_ADMIN_TOKEN": RECEIVER_TOKEN})
+    try:
+        receiving, admin = start_up_lines(receiver, 2)
+    except BaseException:
+        receiver.kill()
+        raise
+    return (receiver, re.search(r"on (http://\S+)/webhook", receiving).group(1),
+            re.search(r"(http://[^/\s]+)/inbox\?token=", admin).group(1))
 
 
 async def all_pages(session, url: str, key: str, headers=None, params=None) -> list[dict]:
@@ -165,19 +181,18 @@ async def test_a_thousand_messages_reach_the_receivers_inbox_as_the_platform_has
         tenant = await platform.tenant("Acme")
         key_file = tmp_path / "platform.pub.pem"
         key_file.write_bytes(public_key_pem(platform.signer.private_key.public_key()))
-        port = free_port()
         receiver_db = f"sqlite:///{tmp_path / 'receiver.db'}"
-        receiver = start_receiver(receiver_db, port, key_file)
-        inbox = f"http://127.0.0.1:{port}"
+        receiver, webhook, inbox = start_receiver(receiver_db, key_file, tenant.org_id)
+        admin = {"authorization": f"Bearer {RECEIVER_TOKEN}"}
         try:
             async def receiver_up():
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{inbox}/health") as answer:
+                    async with session.get(f"{webhook}/health") as answer:
                         return answer.status == 200
                 return False
 
             await wait_for(receiver_up, 30, "the receiver")
-            await subscribe(session, api, tenant, f"{inbox}/webhook")
+            await subscribe(session, api, tenant, f"{webhook}/webhook")
             sent = 0
             conversations = []
             for n in range(1_000):  # consumers write in 40 threads; a user answers every fifth message
@@ -219,12 +234,13 @@ async def test_a_thousand_messages_reach_the_receivers_inbox_as_the_platform_has
             assert len(platform_conversations) == 40 and len(expected) == 1_000
 
             async def inbox_has_everything():
-                async with session.get(f"{inbox}/inbox/conversations", params={"limit": "500"}) as answer:
+                async with session.get(f"{inbox}/inbox/conversations", params={"limit": "500"},
+                                       headers=admin) as answer:
                     listed = (await answer.json())["conversations"]
                 found = {}
                 for conversation in listed:
                     async with session.get(f"{inbox}/inbox/conversations/{conversation['id']}/messages",
-                                           params={"limit": "5000"}) as answer:
+                                           params={"limit": "5000"}, headers=admin) as answer:
                         for message in (await answer.json())["messages"]:
                             found[message["id"]] = (conversation["id"], message["status"], message["content"],
                                                     message["sender_type"], message["content_type"])

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from tests.test_receiver_helpers import Keys, ServerThread, client, post, wait_until
+from tests.test_receiver_helpers import Keys, ServedReceiver, ServerThread, post, wait_until
 from tidings.contract import EventError, dump_event, parse_event
 from tidings.contract.samples import SampleFactory
 from tidings.receiver import EventLog, Receiver, ReceiverApp
 from tidings.receiver.core import classify
-from tidings.receiver.service import ReceiverConfig, ReceiverService
+from tidings.apps.receiver_service import ReceiverConfig, ReceiverService
 from tidings.store.receiver_tables import receiver_events, receiver_quarantine
 
 
@@ -29,8 +29,12 @@ def keys() -> Keys:
     return Keys()
 
 
+def config(db_url: str, keys: Keys, **options) -> ReceiverConfig:
+    return ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], any_org=True, poll_interval=0.05, **options)
+
+
 def service(db_url: str, keys: Keys, **options) -> ReceiverService:
-    return ReceiverService(ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], poll_interval=0.05, **options))
+    return ReceiverService(config(db_url, keys, **options))
 
 
 # ---------------------------------------------------------------- acceptance: stored once, forgeries refused
@@ -87,7 +91,7 @@ def test_vendor_signature_alone_dedupes_by_body(db_url, keys, seed_example_bytes
 
 def test_rotation_stale_timestamps_and_url_secret(sqlite_url, seed_example_bytes):
     old, new = Keys(), Keys()
-    config = ReceiverConfig(db_url=sqlite_url, public_keys=[old.public_pem, new.public_pem], url_secret="s3cret")
+    config = ReceiverConfig(db_url=sqlite_url, public_keys=[old.public_pem, new.public_pem], any_org=True, url_secret="s3cret")
     svc = ReceiverService(config)
     with ServerThread(svc.app) as server:
         body = seed_example_bytes
@@ -118,9 +122,8 @@ def test_unknown_enum_values_and_fields_are_stored_and_projected_intact(db_url, 
     message_id = document["payload"]["message"]["id"]
     conversation_id = document["payload"]["conversation"]["id"]
 
-    svc = service(db_url, keys)
-    with ServerThread(svc.app) as server, client(server.url) as http:
-        assert http.post("/webhook", content=body, headers=keys.headers(body)).status_code == 200
+    with ServedReceiver(config(db_url, keys)) as served, served.admin_client() as http:
+        assert post(served.url + "/webhook", body, keys.headers(body)).status_code == 200
         events = http.get("/events", params={"after": 0}).json()["events"]
         assert [e["event"] for e in events] == [document]  # byte-for-byte values, unknown ones included
 
@@ -183,7 +186,7 @@ def test_quarantined_body_moves_into_the_log_once_the_cause_is_fixed(db_url, key
     factory = SampleFactory(11)
     created, updated = dump_event(factory.message_created()), dump_event(factory.message_updated())
     log = EventLog(db_url)
-    receiver = Receiver(log, keys.verifier(), parse=older_parser)
+    receiver = Receiver(log, keys.verifier(), any_org=True, parse=older_parser)
     with ServerThread(ReceiverApp(receiver)) as server:
         for body in (created, updated):
             assert post(server.url + "/webhook", body, keys.headers(body, msg_id=f"m{len(body)}")).status_code == 200
@@ -208,7 +211,7 @@ def test_quarantined_body_moves_into_the_log_once_the_cause_is_fixed(db_url, key
 
 def test_requests_get_503_when_the_store_cannot_keep_up(sqlite_url, keys, seed_example_bytes):
     log = EventLog(sqlite_url)
-    receiver = Receiver(log, keys.verifier(), max_wait=0.3)
+    receiver = Receiver(log, keys.verifier(), any_org=True, max_wait=0.3)
     path = sqlite_url.removeprefix("sqlite:///")
     with ServerThread(ReceiverApp(receiver)) as server:
         url = server.url + "/webhook"
@@ -240,7 +243,7 @@ def test_handle_sync_and_async_share_one_writer(sqlite_url, keys):
 
     log = EventLog(sqlite_url)
     bodies = [dump_event(e) for e in SampleFactory(9).events(200)]
-    with Receiver(log, keys.verifier()) as receiver:
+    with Receiver(log, keys.verifier(), any_org=True) as receiver:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda b: receiver.handle_sync(b, keys.headers(b)), bodies))
         assert {a.status for a in answers} == {200}
@@ -259,7 +262,7 @@ def test_the_write_ahead_log_is_checkpointed_beside_the_commits(sqlite_url, keys
     path = sqlite_url.removeprefix("sqlite:///")
     log = EventLog(sqlite_url)
     bodies = [dump_event(e) for e in SampleFactory(12).events(300)]
-    with Receiver(log, keys.verifier()) as receiver:
+    with Receiver(log, keys.verifier(), any_org=True) as receiver:
         for body in bodies:
             assert receiver.handle_sync(body, keys.vendor_headers(body)).status == 200
         # Quiet now: the rest of the log is copied into the database file.

@@ -29,7 +29,8 @@ DEADLINE = 150.0  # seconds for the whole load, restart included
 def start_receiver(db: str, key_file: str, port: int, workers: int) -> subprocess.Popen:
     command = [
         sys.executable, "-c", "from tidings.cli import main; main()", "receive",
-        "--db", f"sqlite:///{db}", "--public-key", key_file, "--port", str(port), "--workers", str(workers),
+        "--db", f"sqlite:///{db}", "--public-key", key_file, "--any-org", "--port", str(port), "--admin-port", "0",
+        "--workers", str(workers),
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

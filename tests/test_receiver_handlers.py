@@ -16,7 +16,7 @@ from tidings.contract.samples import SampleFactory
 from tidings.receiver import EventFilter, Handlers, ReceivedEvent, append_jsonl, forward_to, retry_delay, run_command
 from tidings.receiver.handler_runner import list_failures, replay_dead
 from tidings.receiver.handlers import field_value, load_handlers
-from tidings.receiver.service import ReceiverConfig, ReceiverService
+from tidings.apps.receiver_service import ReceiverConfig, ReceiverService
 
 
 def test_backoff_doubles_and_is_capped():
@@ -41,7 +41,7 @@ def test_filters_on_type_and_fields():
 
 
 def service_with(db_url: str, keys: Keys, handlers: Handlers, **options) -> ReceiverService:
-    config = ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], poll_interval=0.02, backoff_base=0.0, **options)
+    config = ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], any_org=True, poll_interval=0.02, backoff_base=0.0, **options)
     return ReceiverService(config, handlers)
 
 

@@ -38,22 +38,34 @@ class Keys:
         return {"content-type": "application/json", self.signer.vendor_header: self.signer.vendor_signature(body)}
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
 def free_port() -> int:
+    """A port free a moment ago, for a server in another process that cannot be handed a socket."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-class ServerThread:
-    """An ASGI app served by uvicorn on 127.0.0.1 in a thread, with its lifespan."""
+def loopback_socket() -> socket.socket:
+    """A listening socket on 127.0.0.1 with a port the system chose, kept by the server it is given to."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
-    def __init__(self, app, lifespan: str = "on", **options) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning", access_log=False, **options
-        )
+
+class ServerThread:
+    """An ASGI app served by uvicorn in a thread, with its lifespan, on ``sock`` (or a loopback socket of its own)."""
+
+    def __init__(self, app, lifespan: str = "on", sock: socket.socket | None = None, **options) -> None:
+        self.socket = sock or loopback_socket()
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, **options)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -71,6 +83,53 @@ class ServerThread:
     def __exit__(self, *_exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.socket.close()
+
+
+def admin_for(sock: socket.socket, token: str = ADMIN_TOKEN, **options):
+    """The ``AdminListener`` of an admin app served on ``sock``."""
+    from tidings.apps.receiver_admin import AdminListener
+
+    return AdminListener(port=sock.getsockname()[1], token=token, token_given=True, **options)
+
+
+class ServedReceiver:
+    """A ``ReceiverService`` on two loopback sockets: the public listener (webhook, /health,
+    with the service's lifespan) and the admin listener (inbox, read API) behind ``ADMIN_TOKEN``."""
+
+    def __init__(self, config, handlers=None, **public_options) -> None:
+        from tidings.apps.receiver_service import ReceiverService
+
+        self.admin_socket = loopback_socket()
+        self.admin = admin_for(self.admin_socket)
+        self.service = ReceiverService(config, handlers, admin=self.admin)
+        self.public = ServerThread(self.service.app, **public_options)
+        self.admin_server = ServerThread(self.service.admin_app, lifespan="off", sock=self.admin_socket)
+
+    @property
+    def url(self) -> str:
+        return self.public.url
+
+    @property
+    def admin_url(self) -> str:
+        return self.admin_server.url
+
+    def admin_client(self) -> httpx.Client:
+        """A client of the read API, with the bearer token."""
+        return httpx.Client(base_url=self.admin_url, timeout=10, headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+
+    def __enter__(self) -> ServedReceiver:
+        self.public.__enter__()
+        try:
+            self.admin_server.__enter__()
+        except BaseException:
+            self.public.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.admin_server.__exit__(None, None, None)
+        self.public.__exit__(None, None, None)
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):

@@ -11,7 +11,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_receiver_helpers import Keys, ServerThread, client, wait_until
+from tests.test_receiver_helpers import Keys, ServedReceiver, post, wait_until
 from tidings.contract import dump_event
 from tidings.contract.samples import SampleFactory
 from tidings.receiver.core import event_record
@@ -24,7 +24,7 @@ from tidings.receiver.inbox_rules import (
     status_rank,
 )
 from tidings.receiver.log import EventLog
-from tidings.receiver.service import ReceiverConfig, ReceiverService
+from tidings.apps.receiver_service import ReceiverConfig, ReceiverService
 from tidings.contract import parse_event
 
 STATUSES = ["Sending", "Success", "Failed", "Queued", "Read", ""]
@@ -168,16 +168,17 @@ def test_update_before_create_leaves_the_message_success(db_url):
     updated = orjson.dumps(document)
     conversation_id = created.payload.conversation.id
 
-    svc = ReceiverService(ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], poll_interval=0.05))
-    with ServerThread(svc.app) as server, client(server.url) as http:
-        assert http.post("/webhook", content=updated, headers=keys.headers(updated)).status_code == 200
+    config = ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], any_org=True, poll_interval=0.05)
+    with ServedReceiver(config) as served, served.admin_client() as http:
+        svc = served.service
+        assert post(served.url + "/webhook", updated, keys.headers(updated)).status_code == 200
 
         def status():
             answer = http.get(f"/inbox/conversations/{conversation_id}/messages")
             return answer.status_code == 200 and answer.json()["messages"][0]["status"]
 
         assert wait_until(status) == "Success"
-        assert http.post("/webhook", content=dump_event(created), headers=keys.headers(dump_event(created))).status_code == 200
+        assert post(served.url + "/webhook", dump_event(created), keys.headers(dump_event(created))).status_code == 200
         wait_until(lambda: len(http.get("/events").json()["events"]) == 2)
         wait_until(lambda: svc.log.events_after(0, 10) and _projected_through(svc, 2))
         (message,) = http.get(f"/inbox/conversations/{conversation_id}/messages").json()["messages"]

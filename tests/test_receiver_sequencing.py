@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tests.test_receiver_helpers import Keys, ServerThread, client, wait_until
+from tests.test_receiver_helpers import Keys, ServedReceiver, post, wait_until
 from tidings.cli import app
 from tidings.contract import dump_event, parse_event
 from tidings.contract.samples import SampleFactory
@@ -21,7 +21,7 @@ from tidings.receiver.core import event_record
 from tidings.receiver.inbox import InboxProjector, get_conversation, list_gaps
 from tidings.receiver.log import EventLog
 from tidings.receiver.sequencing import APPLY, HOLD, Arrival, Held, holes, parse_sequence, placement, plan_batch
-from tidings.receiver.service import ReceiverConfig, ReceiverService
+from tidings.apps.receiver_service import ReceiverConfig, ReceiverService
 from tidings.store.receiver_tables import receiver_held_events, receiver_sequence_keys
 
 KEY = (7, "message_updated", 42)
@@ -239,12 +239,11 @@ def test_events_without_a_sequence_are_applied_in_log_order_as_before(db_url):
 def test_the_header_is_kept_and_gaps_are_served_and_listed(sqlite_url):
     keys = Keys()
     bodies, conversation_id = _bodies(3)
-    svc = ReceiverService(
-        ReceiverConfig(db_url=sqlite_url, public_keys=[keys.public_pem], poll_interval=0.05, gap_wait=0.3)
-    )
-    with ServerThread(svc.app) as server, client(server.url) as http:
+    config = ReceiverConfig(db_url=sqlite_url, public_keys=[keys.public_pem], any_org=True, poll_interval=0.05, gap_wait=0.3)
+    with ServedReceiver(config) as served, served.admin_client() as http:
+        svc = served.service
         for body, header in [(bodies[0], "1"), (bodies[2], "3"), (bodies[1], "not a number")]:
-            answer = http.post("/webhook", content=body, headers={**keys.headers(body), "X-Tidings-Sequence": header})
+            answer = post(served.url + "/webhook", body, {**keys.headers(body), "X-Tidings-Sequence": header})
             assert answer.status_code == 200
         assert [e.sequence for e in svc.log.events_after(0, 10)] == [1, 3, None]
         gaps = wait_until(lambda: http.get("/gaps").json()["gaps"], timeout=10)

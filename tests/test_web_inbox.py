@@ -26,8 +26,9 @@ class Inbox:
         self.service = self.server.service
         self.samples = SampleFactory(21)
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.server.api), base_url="http://inbox.test")
+    def client(self) -> SignedInClient:
+        """A browser-like client of the admin app, signed in with the token URL; its form posts carry its Origin."""
+        return SignedInClient(self.server)
 
     def receive(self, body: bytes) -> None:
         answer = self.service.receiver.handle_sync(body, self.server.signed(body))
@@ -39,6 +40,25 @@ class Inbox:
         self.receive(body)
         self.service.projector.catch_up()
         return orjson.loads(body)["payload"]
+
+
+class SignedInClient:
+    """``async with``: an ``httpx.AsyncClient`` on the admin app that opened the token URL first."""
+
+    def __init__(self, server: ReceiverServer) -> None:
+        origin = server.admin_url
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=server.api), base_url=origin,
+                                      headers={"origin": origin})
+        self.server = server
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        await self.http.__aenter__()
+        signed_in = await self.http.get(self.server.sign_in_url())
+        assert signed_in.status_code == 303, signed_in.text
+        return self.http
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.__aexit__(*exc)
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -36,6 +38,7 @@ class DemoOptions:
     platform_port: int = 8000
     receiver_port: int = 8001
     flaky_port: int = 8002
+    admin_port: int = 8003  # the receiver's admin listener: its inbox and read API
     rate: float = 8.0  # actions a second, over both organizations
     duration: float | None = None  # None: until Ctrl-C
     seed: int = 1
@@ -53,6 +56,8 @@ class Organization:
 class DemoState:
     platform_url: str = ""
     receiver_url: str = ""
+    admin_url: str = ""
+    admin_token: str = ""
     organizations: list[Organization] = field(default_factory=list)
     received: int = 0
     received_after: int = 0
@@ -84,8 +89,8 @@ def summary_line(state: DemoState, elapsed: float) -> str:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-async def _tidings(*args: str, log: Path) -> asyncio.subprocess.Process:
-    """Starts a ``tidings`` sub-command, its output going to ``log``."""
+async def _tidings(*args: str, log: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Starts a ``tidings`` sub-command, its output going to ``log`` (``env``: added to the environment)."""
     handle = open(log, "wb")  # noqa: SIM115 - the child keeps it open
     try:
         # A session of its own: Ctrl-C reaches the demo alone, which stops the
@@ -93,7 +98,7 @@ async def _tidings(*args: str, log: Path) -> asyncio.subprocess.Process:
         # (the traffic then reported the platform gone).
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tidings.cli", *args, stdout=handle, stderr=handle, stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, env={**os.environ, **(env or {})})
     finally:
         handle.close()
 
@@ -165,8 +170,8 @@ async def refresh(session: aiohttp.ClientSession, state: DemoState) -> None:
                     totals[status] += (await answer.json())["count"]
     state.deliveries = totals
     while True:
-        async with session.get(f"{state.receiver_url}/events",
-                               params={"after": str(state.received_after), "limit": "1000"}) as answer:
+        async with session.get(f"{state.admin_url}/events", params={"after": str(state.received_after), "limit": "1000"},
+                               headers={"authorization": f"Bearer {state.admin_token}"}) as answer:
             page = await answer.json()
         state.received += len(page["events"])
         state.received_after = page["next_after"]
@@ -184,8 +189,9 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
         (data / name).unlink(missing_ok=True)
     platform_db, receiver_db = f"sqlite:///{data / 'platform.db'}", f"sqlite:///{data / 'receiver.db'}"
     private_key, public_key = save_key_pair(generate_private_key(), data)
-    ports = [free_port(p) for p in (options.platform_port, options.receiver_port, options.flaky_port)]
-    state = DemoState(platform_url=f"http://{HOST}:{ports[0]}", receiver_url=f"http://{HOST}:{ports[1]}")
+    ports = [free_port(p) for p in (options.platform_port, options.receiver_port, options.flaky_port, options.admin_port)]
+    state = DemoState(platform_url=f"http://{HOST}:{ports[0]}", receiver_url=f"http://{HOST}:{ports[1]}",
+                      admin_url=f"http://{HOST}:{ports[3]}", admin_token=secrets.token_urlsafe(32))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -199,8 +205,10 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
     })
     flaky = FlakyEndpoint(seed=options.seed)
     await flaky.start(HOST, ports[2])
+    acme = state.organizations[0]  # the receiver serves Acme alone: Globex's webhooks go to the flaky endpoint
     receiver = await _tidings("receive", "--db", receiver_db, "--public-key", str(public_key), "--host", HOST,
-                              "--port", str(ports[1]), log=data / "receiver.log")
+                              "--port", str(ports[1]), "--org-id", str(acme.org_id), "--admin-port", str(ports[3]),
+                              log=data / "receiver.log", env={"TIDINGS_ADMIN_TOKEN": state.admin_token})
     platform = await _tidings("serve", "--db", platform_db, "--signing-key", str(private_key), "--host", HOST,
                               "--port", str(ports[0]), "--allow-private-targets", "--allow-http",
                               "--retry-base", "2", "--retry-factor", "2", "--max-retries", "4",
@@ -213,9 +221,8 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
             await _wait_until_up(session, f"{state.receiver_url}/health", receiver, data / "receiver.log")
             for organization in state.organizations:
                 await subscribe(session, state.platform_url, organization)
-            acme = state.organizations[0]
             say(f"dashboard:  {state.platform_url}/dashboard   (sign in with the API key {acme.api_key})")
-            say(f"inbox:      {state.receiver_url}/inbox")
+            say(f"inbox:      {state.admin_url}/inbox?token={state.admin_token}")
             say(f"API:        {state.platform_url}/docs")
             say(f"logs and databases in {data}; Ctrl-C stops")
             duration = options.duration or 10.0 * 365 * 24 * 3600

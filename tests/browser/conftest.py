@@ -45,15 +45,24 @@ def browser():
             chromium.close()
 
 
+def is_policy_violation(text: str) -> bool:
+    """Whether a console message is chromium's report of a Content-Security-Policy violation."""
+    return "Content Security Policy" in text
+
+
 @pytest.fixture
 def page(browser):
+    """A tab; the test fails if the page logs a Content-Security-Policy violation (the pages must work under it)."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=WAIT_MS)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(WAIT_MS)
+    violations: list[str] = []
+    tab.on("console", lambda message: is_policy_violation(message.text) and violations.append(message.text))
     try:
         yield tab
     finally:
         context.close()
+    assert violations == [], f"Content-Security-Policy violations: {violations}"

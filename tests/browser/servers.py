@@ -1,6 +1,7 @@
 """Real servers for the browser tests and the screenshot script: the platform
 (API, dashboard, dispatcher), a subscriber's endpoint, and the receiver
-(webhook, inbox), each on 127.0.0.1 with a free port and a SQLite file.
+(webhook; inbox on its admin listener), each on 127.0.0.1 with a socket of
+its own and a SQLite file.
 
 Every server runs in a thread with its own event loop; the test's thread
 talks to them over HTTP and writes set-up data with engines of its own.
@@ -62,14 +63,15 @@ class ServedApp:
     """
 
     def __init__(self, app: Any, *, background: list[Background] | None = None,
-                 cleanup: Callable[[], Awaitable[None]] | None = None) -> None:
+                 cleanup: Callable[[], Awaitable[None]] | None = None, lifespan: str = "on",
+                 sock: socket.socket | None = None) -> None:
         self.app = app
         self.background = background or []
         self.cleanup = cleanup
-        self._socket = loopback_socket()
+        self._socket = sock or loopback_socket()
         self.port = self._socket.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
+        config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
                                 access_log=False)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"served-app-{self.port}", daemon=True)
@@ -319,31 +321,45 @@ def wait_for(condition: Callable[[], Any], *, seconds: float = 10.0, what: str =
 
 
 class ReceiverServer:
-    """``ReceiverService`` (the webhook, the read API, projection and handlers) with the inbox mounted.
+    """``ReceiverService`` on two listeners: the public one (the webhook, with projection and
+    handlers) and the admin one (the inbox, the read API) behind ``token``.
 
-    ``send`` signs a body as the platform would and posts it to the webhook.
-    Not started, it is the same service for in-process tests (``service``).
+    ``send`` signs a body as the platform would and posts it to the webhook;
+    ``sign_in_url`` is the admin URL that signs a browser in. Not started, it
+    is the same service for in-process tests (``service``, ``api``).
     """
+
+    token = "browser-test-admin-token-0123"
 
     def __init__(self, db_url: str, handlers: Any = None, *, poll_interval: float = 0.1) -> None:
         from tidings.contract.signing import public_key_whpk
-        from tidings.receiver.service import ReceiverConfig, ReceiverService
-        from tidings.web.inbox import mount_inbox
+        from tidings.apps.receiver_admin import AdminListener
+        from tidings.apps.receiver_service import ReceiverConfig, ReceiverService
 
         key = generate_private_key()
         self.signer = Signer(key)
         self.db_url = db_url
-        config = ReceiverConfig(db_url=db_url, public_keys=[public_key_whpk(key.public_key())],
+        config = ReceiverConfig(db_url=db_url, public_keys=[public_key_whpk(key.public_key())], any_org=True,
                                 poll_interval=poll_interval, backoff_base=0.05, backoff_cap=0.1)
-        self.service = ReceiverService(config, handlers)
-        self.api = self.service.app.fallback  # the FastAPI app behind the webhook's path
-        mount_inbox(self.api, self.service.receiver)  # a no-op once the service mounts it itself
+        self._admin_socket = loopback_socket()
+        self.admin = AdminListener(port=self._admin_socket.getsockname()[1], token=self.token, token_given=True)
+        self.service = ReceiverService(config, handlers, admin=self.admin)
+        self.api = self.service.admin_app  # the inbox and the read API, behind the token
         self.served: ServedApp | None = None
+        self.served_admin: ServedApp | None = None
         self._sent = 0
 
     @property
     def base_url(self) -> str:
+        """The public listener: the webhook and /health."""
         return self.served.base_url
+
+    @property
+    def admin_url(self) -> str:
+        return self.admin.base_url
+
+    def sign_in_url(self, path: str = "/inbox") -> str:
+        return self.admin.sign_in_url(path)
 
     def signed(self, body: bytes) -> dict[str, str]:
         self._sent += 1
@@ -351,9 +367,14 @@ class ReceiverServer:
 
     def start(self) -> ReceiverServer:
         self.served = ServedApp(self.service.app).start()
+        self.served_admin = ServedApp(self.api, lifespan="off", sock=self._admin_socket).start()
         return self
 
     def stop(self) -> None:
+        if self.served_admin is not None:
+            self.served_admin.stop()
+        else:
+            self._admin_socket.close()
         if self.served is not None:
             self.served.stop()
         else:

@@ -23,7 +23,8 @@ def test_a_new_message_appears_in_the_inbox(receiver: ReceiverServer, page: Page
                           date="2024-03-01 09:00:00.000000+00:00")
     assert receiver.send(first).status_code == 200
 
-    page.goto(receiver.base_url + "/inbox")
+    page.goto(receiver.sign_in_url("/inbox"))
+    expect(page).to_have_url(receiver.admin_url + "/inbox")  # the token left the address bar
     conversations = page.locator("#conversations > li.conversation")
     expect(conversations).to_have_count(1)
     expect(conversations.first).to_contain_text("Ana Martin")
@@ -39,7 +40,7 @@ def test_a_new_message_appears_in_the_inbox(receiver: ReceiverServer, page: Page
 
     # In an open thread, the next message of the conversation appears at the bottom.
     conversation_id = int(conversations.nth(1).get_attribute("id").removeprefix("conversation-"))
-    page.goto(receiver.base_url + f"/inbox/threads/{conversation_id}")
+    page.goto(receiver.admin_url + f"/inbox/threads/{conversation_id}")
     messages = page.locator("#thread > li.message")
     expect(messages).to_have_count(1)
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")
@@ -53,7 +54,7 @@ def test_a_new_message_appears_in_the_inbox(receiver: ReceiverServer, page: Page
 
 def test_an_unknown_content_type_shows_the_placeholder(receiver: ReceiverServer, page: Page):
     samples = SampleFactory(4)
-    page.goto(receiver.base_url + "/inbox")
+    page.goto(receiver.sign_in_url("/inbox"))
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "on")
     body = message_event(samples, consumer="Léa Rossi", content_type="Hologram",
                          text="https://cdn.example.com/media/42.holo")
@@ -67,3 +68,46 @@ def test_an_unknown_content_type_shows_the_placeholder(receiver: ReceiverServer,
     bubble = page.locator("#thread > li.message .bubble").first
     expect(bubble.locator("[data-placeholder]")).to_have_text("Unsupported content (Hologram)")
     expect(bubble).not_to_contain_text("42.holo")
+
+
+def test_the_token_url_signs_in_with_a_cookie_that_is_not_the_token(receiver: ReceiverServer, page: Page):
+    page.goto(receiver.admin_url + "/inbox")
+    assert "Bearer" in page.content() or page.locator("body").inner_text()  # refused: no token yet
+    assert page.request.get(receiver.admin_url + "/inbox").status == 401
+
+    page.goto(receiver.sign_in_url("/inbox"))
+    expect(page).to_have_url(receiver.admin_url + "/inbox")
+    expect(page.locator("h1")).to_have_text("Inbox")
+    (cookie,) = page.context.cookies(receiver.admin_url)
+    assert cookie["value"] != receiver.token and receiver.token not in cookie["value"]
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert page.evaluate("document.cookie") == ""  # out of reach of the page's scripts
+
+
+def test_a_form_post_from_the_page_works_under_the_origin_rule(receiver: ReceiverServer, page: Page):
+    assert receiver.send(b'{"type": "message_created", "payload": {"message": {}}}').status_code == 200
+    page.goto(receiver.sign_in_url("/inbox/quarantine"))
+    expect(page.locator("tr[id^=quarantined-]")).to_have_count(1)
+    page.click("button[data-action=reprocess-all]")  # the browser sends its Origin with the post
+    expect(page.locator(".notice")).to_contain_text("0 quarantined bodies parsed and moved to the log; 1 still")
+
+
+def test_a_javascript_url_in_an_image_message_is_text_not_a_link(receiver: ReceiverServer, page: Page):
+    samples = SampleFactory(5)
+    hostile = message_event(samples, consumer="Mallory", content_type="Image", text="javascript:alert(document.domain)")
+    assert receiver.send(hostile).status_code == 200
+    fine = message_event(samples, consumer="Ana", content_type="Image", text="https://cdn.example.com/cat.png")
+    assert receiver.send(fine).status_code == 200
+
+    page.goto(receiver.sign_in_url("/inbox"))
+    expect(page.locator("#conversations > li.conversation")).to_have_count(2)
+    page.locator("#conversations > li.conversation", has_text="Mallory").click()
+    bubble = page.locator("#thread > li.message .bubble").first
+    expect(bubble).to_contain_text("javascript:alert(document.domain)")
+    expect(bubble.locator("a")).to_have_count(0)
+    expect(bubble.locator("[data-not-a-link]")).to_have_text("javascript:alert(document.domain)")
+
+    page.goto(receiver.admin_url + "/inbox")
+    page.locator("#conversations > li.conversation", has_text="Ana").click()
+    link = page.locator("#thread > li.message .bubble a").first
+    expect(link).to_have_attribute("href", "https://cdn.example.com/cat.png")

@@ -16,8 +16,9 @@ def demo_command(
     duration: Annotated[float | None, typer.Option("--duration", min=1, help="seconds to run (default: until Ctrl-C)")] = None,
     rate: Annotated[float, typer.Option("--rate", min=0.1, max=500, help="simulated actions a second")] = 8.0,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="where the demo keeps its databases and logs")] = Path("tidings-demo"),
-    port: Annotated[int, typer.Option("--port", min=1, max=65533,
-                                      help="the platform's port; the receiver takes the next one")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65532,
+                                      help="the platform's port; the receiver, a flaky endpoint and the "
+                                           "receiver's admin listener take the next three")] = 8000,
     seed: Annotated[int, typer.Option("--seed", help="the same seed gives the same traffic")] = 1,
 ) -> None:
     """Run the platform, a receiver and simulated traffic, with a live summary."""
@@ -25,7 +26,7 @@ def demo_command(
 
     console = Console()
     options = DemoOptions(data_dir=data_dir, platform_port=port, receiver_port=port + 1, flaky_port=port + 2,
-                          rate=rate, duration=duration, seed=seed)
+                          admin_port=port + 3, rate=rate, duration=duration, seed=seed)
     with console.status("starting…") as status:
         try:
             state = asyncio.run(run_demo(options, say=console.print,

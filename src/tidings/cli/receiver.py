@@ -43,8 +43,21 @@ def receive_command(
     signing_secret: list[str] = typer.Option([], "--signing-secret", help="a whsec_ secret for the HMAC scheme v1; repeatable"),
     path: str = typer.Option("/webhook", "--path", help="the webhook's URL path"),
     secret: str | None = typer.Option(None, "--secret", help="a token the URL must carry: ?secret=TOKEN or PATH/TOKEN"),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    org_id: list[int] = typer.Option(
+        [], "--org-id", min=1, help="an organization this receiver serves; repeatable. Events of others get 403"
+    ),
+    any_org: bool = typer.Option(False, "--any-org", help="serve every organization the keys sign for (instead of --org-id)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="the public listener: the webhook and /health only"),
     port: int = typer.Option(8000, "--port"),
+    admin_host: str = typer.Option("127.0.0.1", "--admin-host", help="the admin listener: inbox, read API, repairs"),
+    admin_port: int | None = typer.Option(None, "--admin-port", help="default: --port + 1; 0 picks a free port"),
+    admin_token: str | None = typer.Option(
+        None, "--admin-token", envvar="TIDINGS_ADMIN_TOKEN", show_envvar=True,
+        help="the admin listener's token (prefer the environment variable); generated and printed when absent",
+    ),
+    admin_allowed_host: list[str] = typer.Option(
+        [], "--admin-allowed-host", help="another Host name the admin listener answers to (e.g. behind a proxy); repeatable"
+    ),
     strict: bool = typer.Option(False, "--strict", help="answer 400 to an authentic body that does not parse, instead of quarantining it"),
     handler: list[str] = typer.Option([], "--handler", help="module:function (or module:Handlers registry) run on each event; repeatable"),
     forward: list[str] = typer.Option([], "--forward", help="POST each event to this URL; repeatable"),
@@ -64,13 +77,21 @@ def receive_command(
     """Run the receiver: verify, store, acknowledge; then project the inbox and run the handlers."""
     from tidings.contract.signing import KeyFormatError
     from tidings.cli.serve import prepare_database
-    from tidings.receiver.service import ReceiverConfig, run_service
+    from tidings.apps.receiver_admin import admin_listener
+    from tidings.apps.receiver_service import ReceiverConfig, listen, run_service
 
     if not public_key and not signing_secret:
         raise CliError("give at least one --public-key (or --signing-secret) to verify requests with")
+    if not org_id and not any_org:
+        raise CliError("say which organizations this receiver serves: --org-id N (repeatable), "
+                       "or --any-org to take every organization the platform's key signs for")
+    if org_id and any_org:
+        raise CliError("give --org-id or --any-org, not both")
     config = ReceiverConfig(
         db_url=db,
         public_keys=[_key_text(key) for key in public_key],
+        org_ids=sorted(set(org_id)),
+        any_org=any_org,
         signing_secrets=list(signing_secret),
         path=path if path.startswith("/") else "/" + path,
         url_secret=secret,
@@ -91,11 +112,28 @@ def receive_command(
     try:
         config.verifier()
         config.handlers()  # fail now, not in a worker, on a handler that cannot be imported
+        admin = admin_listener(port + 1 if admin_port is None else admin_port, admin_host, admin_token,
+                               admin_allowed_host)
     except (KeyFormatError, ValueError, ImportError) as exc:
         raise CliError(str(exc)) from None
     prepare_database(db)  # migrate, and fail in one line if the database cannot be reached
-    print(f"receiving on http://{host}:{port}{config.path} into {db}", file=sys.stderr, flush=True)
-    run_service(config, host, port)
+    try:
+        public_socket = listen(host, port)
+        admin_socket = listen(admin.host, admin.port)
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc.strerror or exc}") from None
+    port = public_socket.getsockname()[1]
+    admin = admin.with_port(admin_socket.getsockname()[1])
+    served = "every organization" if any_org else "organization " + ", ".join(map(str, config.org_ids))
+    print(f"receiving on http://{_url_host(host)}:{port}{config.path} for {served} into {db}", file=sys.stderr)
+    # The token is printed once, when it was generated here; a token the operator gave stays out of the logs.
+    sign_in = admin.sign_in_url() if not admin.token_given else admin.sign_in_url().replace(admin.token, "…")
+    print(f"admin (inbox, read API): {sign_in}", file=sys.stderr, flush=True)
+    run_service(config, handlers=None, admin=admin, public_socket=public_socket, admin_socket=admin_socket)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 # ---------------------------------------------------------------- output

@@ -105,7 +105,7 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     """Serves the API on ``host:port`` (and delivers) until stopped by a signal or ``stop``."""
     import uvicorn
 
-    from tidings.apps import platform_app
+    from tidings.apps.platform import platform_app
     from tidings.platform.api.app import http_protocol, serving_gc
     from tidings.platform.api.context import PlatformContext
     from tidings.platform.workers import build_dispatcher

@@ -34,3 +34,10 @@ def unauthorized(reason: str) -> Answer:
 
 def not_an_event(reason: str) -> Answer:
     return _answer(400, {"error": f"not an event under the contract: {reason}"})
+
+
+def foreign_org(org_id: int | None) -> Answer:
+    """An authentic event of an organization this receiver does not serve (``tenancy``)."""
+    if org_id is None:
+        return _answer(403, {"error": "the event names no organization this receiver can read; it serves pinned ones"})
+    return _answer(403, {"error": f"this receiver does not serve organization {org_id}"})

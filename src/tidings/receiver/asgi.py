@@ -1,17 +1,21 @@
 """The webhook endpoint as a raw ASGI app: the hot path, without a router.
 
-    app = ReceiverApp(receiver, path="/webhook")           # alone
+    app = receiver_app(receiver, path="/webhook")          # the public listener: the webhook and /health
     app = ReceiverApp(receiver, path="/webhook", fallback=other_asgi_app)
 
-Requests to ``path`` (or ``path/<secret>``) go to the receiver; everything
-else goes to ``fallback`` (404 without one). Measured on this machine, a
-FastAPI route costs about as much again as this whole app, hence no router
-on this path.
+Requests to ``path`` (or ``path/<secret>``) go to the receiver and ``GET
+/health`` is answered; everything else goes to ``fallback``, or gets 404
+without one. Without a fallback the app serves nothing that was stored: it
+is what faces the internet, while the inbox and the read API are served on
+a listener of their own (``tidings.apps.receiver_admin``). Measured on this
+machine, a FastAPI route costs about as much again as this whole app, hence
+no router on this path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from tidings.receiver.answers import Answer
@@ -21,6 +25,7 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 MAX_BODY_BYTES = 1 << 20  # an event is a few kilobytes; refuse to buffer a flood
+HEALTH_PATH = "/health"
 
 _JSON = [(b"content-type", b"application/json")]
 
@@ -45,22 +50,32 @@ def match_webhook_path(path: str, webhook_path: str) -> tuple[bool, str | None]:
     return False, None
 
 
-class ReceiverApp:
-    """An ASGI app that answers webhook requests with a ``Receiver``.
+Lifespan = Callable[[Any], AbstractAsyncContextManager[None]]
 
-    Without a ``fallback`` it also runs the ASGI lifespan: the receiver's
-    threads start at start-up and drain at shutdown. With one, the fallback
-    owns the lifespan (and should start and close the receiver).
+
+class ReceiverApp:
+    """An ASGI app that answers webhook requests with a ``Receiver``, and ``GET /health``.
+
+    Without a ``fallback`` it also runs the ASGI lifespan: ``lifespan(app)``
+    when given (an async context manager, as Starlette takes), else the
+    receiver's threads start at start-up and drain at shutdown. With a
+    fallback, the fallback owns the lifespan (and should start and close the
+    receiver).
     """
 
-    def __init__(self, receiver: Receiver, path: str = "/webhook", fallback: ASGIApp | None = None) -> None:
+    def __init__(self, receiver: Receiver, path: str = "/webhook", fallback: ASGIApp | None = None,
+                 lifespan: Lifespan | None = None) -> None:
         self.receiver = receiver
         self.path = path
         self.fallback = fallback
+        self.lifespan = lifespan
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):
+                await _send(send, 200, b'{"status":"ok"}')
+                return
             matched, path_secret = match_webhook_path(scope["path"], self.path)
             if matched:
                 await self._webhook(scope, receive, send, path_secret)
@@ -92,6 +107,9 @@ class ReceiverApp:
         await send_answer(send, answer)
 
     async def _lifespan(self, receive, send) -> None:
+        if self.lifespan is not None:
+            await _run_lifespan(self.lifespan(self), receive, send)
+            return
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -105,6 +123,29 @@ class ReceiverApp:
                 self.receiver.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def receiver_app(receiver: Receiver, path: str = "/webhook", lifespan: Lifespan | None = None) -> ReceiverApp:
+    """The public listener's app: ``POST path`` (and ``path/<secret>``), ``GET /health``, 404 for the rest."""
+    return ReceiverApp(receiver, path, lifespan=lifespan)
+
+
+async def _run_lifespan(context: AbstractAsyncContextManager[None], receive, send) -> None:
+    """The ASGI lifespan protocol around one async context manager."""
+    await receive()  # lifespan.startup
+    try:
+        await context.__aenter__()
+    except Exception as exc:
+        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+        return
+    await send({"type": "lifespan.startup.complete"})
+    await receive()  # lifespan.shutdown
+    try:
+        await context.__aexit__(None, None, None)
+    except Exception as exc:
+        await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+        return
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 async def send_answer(send, answer: Answer) -> None:

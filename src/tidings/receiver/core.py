@@ -1,9 +1,11 @@
 """The receiver's core: from a request's raw body and headers to the answer to give.
 
-    verify (signature, URL secret) -> classify (event / quarantine) -> durable append -> answer
+    verify (signature, URL secret) -> classify (event / quarantine) -> organization -> durable append -> answer
 
 ``Receiver.admit`` is the decision, with no I/O: it returns either a ``Record``
-to store or the ``Answer`` to give at once (401, or 400 in strict mode).
+to store or the ``Answer`` to give at once (401; 403 for an organization the
+receiver does not serve, see ``tenancy``; or 400 in strict mode). Every
+server (the ASGI app, the fast HTTP path, a WSGI view) goes through it.
 ``Receiver.handle`` (async) and ``Receiver.handle_sync`` (a thread of a WSGI
 server) schedule the same decision and the same group-committed append; the
 framework adapters (``asgi``, ``fastapi``, a Flask or Django view) are thin
@@ -40,12 +42,13 @@ from tidings.contract.signing import (
     TimestampOutOfTolerance,
     Verifier,
 )
-from tidings.receiver.answers import BUSY, Answer, not_an_event, unauthorized
-from tidings.receiver.dedupe import dedupe_key
+from tidings.receiver.answers import BUSY, Answer, foreign_org, not_an_event, unauthorized
+from tidings.receiver.dedupe import body_digest, dedupe_key
 from tidings.receiver.group_commit import GroupCommitter, settle
 from tidings.receiver.log import EVENT, QUARANTINE, EventLog, QuarantinedBody, Record, ReprocessOutcome
 from tidings.receiver.sequencing import parse_sequence
 from tidings.receiver.sodium import sodium_verifier
+from tidings.receiver.tenancy import org_id_of_body, org_id_of_event, served_orgs, serves
 
 logger = logging.getLogger("tidings.receiver")
 
@@ -91,7 +94,10 @@ class Receiver:
     """Takes in signed events: verifies, classifies, stores durably, answers.
 
     ``log``: an ``EventLog`` (or a database URL). ``verifier``: the keys and
-    secrets the sender signs with. ``url_secret``: a token the request must
+    secrets the sender signs with. ``org_ids``: the organizations served,
+    whose events alone are taken (403 for the others); or ``any_org=True``
+    to take every organization the keys sign for: one of the two is required
+    (``tenancy``). ``url_secret``: a token the request must
     carry, as ``?secret=TOKEN`` or as the last segment of the path. ``strict``:
     answer ``400`` to an authentic body that does not parse, instead of
     quarantining it. ``max_wait``: seconds a request may wait for its commit
@@ -104,6 +110,8 @@ class Receiver:
         log: EventLog | str,
         verifier: Verifier,
         *,
+        org_ids: Iterable[int] | None = None,
+        any_org: bool = False,
         url_secret: str | None = None,
         strict: bool = False,
         parse: Callable[[bytes], object] = parse_event,
@@ -113,6 +121,7 @@ class Receiver:
         verify_threads: int = 1,
         create_schema: bool = True,
     ) -> None:
+        self.served_orgs = served_orgs(org_ids, any_org)
         self.log = EventLog(log) if isinstance(log, str) else log
         if create_schema:
             self.log.create_schema()
@@ -182,14 +191,20 @@ class Receiver:
         except SignatureError as exc:
             return unauthorized(str(exc))
         webhook_id = headers.get(ID_HEADER) or None
-        key = dedupe_key(body, webhook_id, scheme)
+        digest = body_digest(body)
+        key = dedupe_key(body, webhook_id, scheme, digest)
         try:
             event = self.parse(body)
         except EventError as exc:
+            if self.served_orgs is not None and not serves(self.served_orgs, org := org_id_of_body(body)):
+                return foreign_org(org)
             if self.strict:
                 return not_an_event(str(exc))
-            return Record(QUARANTINE, key, body, scheme, webhook_id, time.time(), error=str(exc))
-        return event_record(event, key, body, scheme, webhook_id, sequence=parse_sequence(headers.get(self.sequence_header)))
+            return Record(QUARANTINE, key, body, scheme, webhook_id, time.time(), error=str(exc), body_sha256=digest)
+        if self.served_orgs is not None and not serves(self.served_orgs, org := org_id_of_event(event)):
+            return foreign_org(org)
+        return event_record(event, key, body, scheme, webhook_id,
+                            sequence=parse_sequence(headers.get(self.sequence_header)), body_sha256=digest)
 
     def _secret_matches(self, query: str, path_secret: str | None) -> bool:
         expected = self.url_secret.encode()
@@ -306,7 +321,7 @@ class Receiver:
 
 def event_record(
     event: object, key: str, body: bytes, scheme: str, webhook_id: str | None, received_at: float | None = None,
-    sequence: int | None = None,
+    sequence: int | None = None, body_sha256: bytes | None = None,
 ) -> Record:
     """The log record of a parsed event."""
     message_id = conversation_id = None
@@ -324,6 +339,7 @@ def event_record(
         message_id=message_id,
         conversation_id=conversation_id,
         sequence=sequence,
+        body_sha256=body_sha256 or b"",
     )
 
 
@@ -334,11 +350,11 @@ def classify(parse: Callable[[bytes], object], quarantined: QuarantinedBody) -> 
     except EventError as exc:
         return Record(
             QUARANTINE, quarantined.dedupe_key, quarantined.body, quarantined.scheme, quarantined.webhook_id,
-            quarantined.received_at, error=str(exc),
+            quarantined.received_at, error=str(exc), body_sha256=quarantined.body_sha256 or b"",
         )
     return event_record(
         event, quarantined.dedupe_key, quarantined.body, quarantined.scheme, quarantined.webhook_id,
-        quarantined.received_at,
+        quarantined.received_at, body_sha256=quarantined.body_sha256,
     )
 
 

@@ -2,7 +2,9 @@
 
 The log is written by one writer per process (``GroupCommitter``), in batches,
 with ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` so that a retry of a
-stored delivery is a no-op on both engines. Log positions (``id``) are handed
+stored delivery is a no-op on both engines; a request without a signed id
+whose body is stored already (a replay stripped of its ``webhook-*``
+headers) is left out before the insert, by the rule of ``dedupe.replays``. Log positions (``id``) are handed
 out in commit order: SQLite has one writer at a time anyway, and on
 PostgreSQL each batch takes a transaction-level advisory lock, so that a
 reader paging with ``id > after`` never skips an event committed late with a
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,11 +23,14 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, delete, event, func, select, text
 from sqlalchemy.engine import Engine
 
+from tidings.receiver.dedupe import body_digest, replays
 from tidings.store.engine import create_sync_engine, is_sqlite
 from tidings.store.receiver_tables import create_receiver_schema, receiver_events, receiver_quarantine
 
 EVENT = "event"
 QUARANTINE = "quarantine"
+
+_DIGESTS_PER_QUERY = 500  # body digests looked up per statement: well under both drivers' parameter limits
 
 # Any constant: the key of the lock that orders the writers of one database.
 _APPEND_LOCK_KEY = 0x7469_6469_6E67  # "tiding"
@@ -45,6 +51,11 @@ class Record:
     conversation_id: int | None = None
     error: str = ""  # why a quarantined body does not parse
     sequence: int | None = None  # X-Tidings-Sequence
+    body_sha256: bytes = b""  # the body's SHA-256; computed here when not given
+
+    def __post_init__(self) -> None:
+        if not self.body_sha256:
+            object.__setattr__(self, "body_sha256", body_digest(self.body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +70,7 @@ class StoredEvent:
     conversation_id: int | None
     body: bytes
     sequence: int | None = None
+    body_sha256: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,7 @@ class QuarantinedBody:
     received_at: float
     error: str
     body: bytes
+    body_sha256: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -106,8 +119,9 @@ def create_log_engine(url: str, **kwargs) -> Engine:
 _WRITING = "tidings.receiver.writing"
 
 
-_EVENT_COLUMNS = ("dedupe_key", "event_type", "webhook_id", "scheme", "received_at", "message_id", "conversation_id", "body", "sequence")
-_QUARANTINE_COLUMNS = ("dedupe_key", "webhook_id", "scheme", "received_at", "error", "body")
+_EVENT_COLUMNS = ("dedupe_key", "event_type", "webhook_id", "scheme", "received_at", "message_id", "conversation_id", "body",
+                  "sequence", "body_sha256")
+_QUARANTINE_COLUMNS = ("dedupe_key", "webhook_id", "scheme", "received_at", "error", "body", "body_sha256")
 
 
 def _insert_sql(table, columns: tuple[str, ...], dialect) -> str:
@@ -181,13 +195,28 @@ class EventLog:
         to the driver's ``executemany`` as tuples; measured, SQLAlchemy's
         per-row parameter processing cost as much as the insert itself.
         """
-        events = [_event_row(r) for r in records if r.kind == EVENT]
-        quarantined = [_quarantine_row(r) for r in records if r.kind == QUARANTINE]
         self.lock_appends(conn)
+        events = [_event_row(r) for r in self._first_deliveries(conn, receiver_events, records, EVENT)]
+        quarantined = [_quarantine_row(r) for r in self._first_deliveries(conn, receiver_quarantine, records, QUARANTINE)]
         if events:
             conn.exec_driver_sql(self._insert_event_sql, events)
         if quarantined:
             conn.exec_driver_sql(self._insert_quarantined_sql, quarantined)
+
+    def _first_deliveries(self, conn: Connection, table, records: Sequence[Record], kind: str) -> list[Record]:
+        """The records of ``kind`` that are no replay of a stored delivery nor of an earlier one of the batch."""
+        mine = [r for r in records if r.kind == kind]
+        if not mine:
+            return mine
+        stored: dict[bytes, list[str]] = {}
+        digests = sorted({r.body_sha256 for r in mine})
+        for start in range(0, len(digests), _DIGESTS_PER_QUERY):
+            chunk = tuple(digests[start : start + _DIGESTS_PER_QUERY])
+            sql = _same_bodies_sql(table.name, len(chunk), self.engine.dialect.paramstyle)
+            for digest, key in conn.exec_driver_sql(sql, chunk):
+                stored.setdefault(bytes(digest), []).append(key)
+        verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], stored)
+        return [record for record, repeated in zip(mine, verdicts) if not repeated]
 
     def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database, without blocking writers.
@@ -277,6 +306,13 @@ class EventLog:
         return ReprocessOutcome(moved, failing)
 
 
+@functools.lru_cache(maxsize=128)
+def _same_bodies_sql(table_name: str, count: int, paramstyle: str) -> str:
+    """The rows with one of ``count`` body digests, in the driver's parameter style (no SQLAlchemy on the hot path)."""
+    placeholders = ", ".join(["?" if paramstyle == "qmark" else "%s"] * count)
+    return f"SELECT body_sha256, dedupe_key FROM {table_name} WHERE body_sha256 IN ({placeholders})"
+
+
 def _event_row(record: Record) -> tuple:
     return (
         record.dedupe_key,
@@ -288,8 +324,10 @@ def _event_row(record: Record) -> tuple:
         record.conversation_id,
         record.body,
         record.sequence,
+        record.body_sha256,
     )
 
 
 def _quarantine_row(record: Record) -> tuple:
-    return (record.dedupe_key, record.webhook_id, record.scheme, record.received_at, record.error, record.body)
+    return (record.dedupe_key, record.webhook_id, record.scheme, record.received_at, record.error, record.body,
+            record.body_sha256)

@@ -4,10 +4,9 @@
     GET /inbox/conversations/{id}/messages       oldest first
     GET /events?after=ID&limit=N                 the log, in order; page with next_after
     GET /gaps?waiting=false                      holes in a conversation's sequence reported after the bound
-    GET /health
 
-It serves whoever runs the receiver: bind it to a private address or put it
-behind your own authentication, since it shows the customers' messages.
+It shows customers' messages: it is served on the admin listener only, behind
+its token (``tidings.apps.receiver_admin``), never beside the public webhook.
 """
 
 from __future__ import annotations
@@ -63,9 +62,5 @@ def read_router(log: EventLog) -> APIRouter:
         with log.engine.connect() as conn:
             items = inbox.list_gaps(conn, include_waiting=waiting)
         return _json({"gaps": items, "count": len(items)})
-
-    @router.get("/health")
-    def health() -> Response:
-        return _json({"status": "ok"})
 
     return router

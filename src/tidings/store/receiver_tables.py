@@ -32,7 +32,7 @@ receiver_events = Table(
     "receiver_events",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    # "id:<webhook-id>" or "sha256:<hex of the body>" (tidings.receiver.rules.dedupe_key)
+    # "id:<webhook-id>" or "sha256:<hex of the body>" (tidings.receiver.dedupe.dedupe_key)
     Column("dedupe_key", String(300), nullable=False, unique=True),
     Column("event_type", String(200), nullable=False),
     Column("webhook_id", String(300), nullable=True),
@@ -42,6 +42,10 @@ receiver_events = Table(
     Column("conversation_id", BigInteger, nullable=True),
     Column("body", LargeBinary, nullable=False),
     Column("sequence", BigInteger, nullable=True),  # X-Tidings-Sequence, when the request carried a valid one
+    # SHA-256 of the body: a request without a signed id is a replay of any row with its body
+    # (tidings.receiver.dedupe.replays).
+    Column("body_sha256", LargeBinary(32), nullable=False),
+    Index("ix_receiver_events_body_sha256", "body_sha256"),
 )
 
 # Authentic bodies that do not parse under the contract; kept to be re-processed.
@@ -55,6 +59,8 @@ receiver_quarantine = Table(
     Column("received_at", Float, nullable=False),
     Column("error", Text, nullable=False),
     Column("body", LargeBinary, nullable=False),
+    Column("body_sha256", LargeBinary(32), nullable=False),  # as in receiver_events
+    Index("ix_receiver_quarantine_body_sha256", "body_sha256"),
 )
 
 # How far each reader of the log has come: the projector, each handler.

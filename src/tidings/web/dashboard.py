@@ -34,6 +34,7 @@ from tidings.platform.tryout import TryoutRefused, try_out
 from tidings.web import session
 from tidings.web.origin import check_same_origin
 from tidings.web.health import AttemptOutcome, health_of
+from tidings.web.page_headers import PageHeaders
 from tidings.web.held_back import hold_reason, spoken_duration
 from tidings.web.live import Poll, Removal, Upsert, event_stream, order_key, poll_stream, start_position
 from tidings.web.templating import STATIC_DIR, TEMPLATES, render_macro
@@ -48,12 +49,14 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
 def mount_dashboard(app: FastAPI) -> None:
-    """Adds the dashboard's pages, its stream and its static files to the platform's ``app`` (once)."""
+    """Adds the dashboard's pages, its stream and its static files to the platform's ``app`` (once),
+    and the pages' security headers (``tidings.web.page_headers``) to every answer under ``/dashboard``."""
     if any(getattr(route, "path", None) == STATIC_PATH for route in app.routes):
         return
     app.include_router(router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_exception_handler(session.SignInRequired, _sign_in_required)
+    app.add_middleware(PageHeaders, prefix=PREFIX)  # CSP, nosniff, no framing: every answer under /dashboard
 
 
 async def _sign_in_required(request: Request, refused: session.SignInRequired) -> Response:

@@ -7,11 +7,11 @@ with replay. The lists update themselves by server-sent events.
 
 It reads through the receiver's own functions (``tidings.receiver.inbox``)
 and calls them for re-processing and replay; it imports nothing of the
-platform. Like the receiver's read API, it shows customers' messages to
-whoever reaches it: bind the receiver to a private address or put it behind
-your own authentication.
+platform. Like the receiver's read API, it shows customers' messages: it is
+served on the receiver's admin listener only, behind its token
+(``tidings.apps.receiver_admin``, ``tidings.web.admin_door``).
 
-Mount it on the receiver's app with ``mount_inbox(app, receiver)``.
+Mount it on the admin app with ``mount_inbox(app, receiver)``.
 """
 
 from __future__ import annotations

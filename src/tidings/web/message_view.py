@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tidings.contract import ContentType, MessageStatus, SenderType
 
@@ -28,11 +29,36 @@ _MEDIA_LABELS = {
 }
 
 
+LINK_SCHEMES = frozenset({"http", "https"})
+
+
 @dataclass(frozen=True)
 class ShownContent:
     kind: str  # TEXT, MEDIA or PLACEHOLDER
     text: str  # the text, the media label, or the placeholder
-    url: str | None = None  # a media message's link
+    url: str | None = None  # a media message's link: an http(s) URL only
+    detail: str | None = None  # a media message's content that is no such URL, shown as text
+
+
+def web_link(text: str) -> str | None:
+    """``text`` when it is an absolute ``http`` or ``https`` URL that can be a link, else None.
+
+    A consumer writes a media message's content: ``javascript:``, ``data:``
+    and every other scheme stay text. So does anything with a space or a
+    control character, which a browser would strip or read differently.
+
+    >>> web_link("https://cdn.example.com/a.png"), web_link("javascript:alert(1)"), web_link("java\tscript:x")
+    ('https://cdn.example.com/a.png', None, None)
+    """
+    if not text or any(ord(char) <= 0x20 or 0x7F <= ord(char) <= 0x9F for char in text) or "\\" in text:
+        return None
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in LINK_SCHEMES or not parts.hostname:
+        return None
+    return text
 
 
 def shown_content(content_type: Any, content: Any) -> ShownContent:
@@ -46,7 +72,8 @@ def shown_content(content_type: Any, content: Any) -> ShownContent:
     if kind == ContentType.TEXT:
         return ShownContent(TEXT, text)
     label = _MEDIA_LABELS.get(kind, str(kind))
-    return ShownContent(MEDIA, label, text or None)
+    link = web_link(text)
+    return ShownContent(MEDIA, label, link, None if link or not text else text)
 
 
 def preview(content_type: Any, content: Any, limit: int = 90) -> str:

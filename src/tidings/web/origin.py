@@ -2,7 +2,8 @@
 
 Browsers send ``Origin`` with every cross-site form post; a post whose
 ``Origin`` names another site is refused. (The dashboard's cookie is also
-``SameSite=Strict``; the inbox has no cookie, so this check is its guard.)
+``SameSite=Strict``. The inbox's door, ``admin_door``, is stricter still: a
+post with its session cookie and no ``Origin`` is refused there.)
 """
 
 from __future__ import annotations

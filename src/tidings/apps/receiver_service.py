@@ -1,11 +1,13 @@
-"""The receiver as a service: the webhook endpoint, the read API, and the
-background work (inbox projection, handlers) that follows the log.
+"""The receiver as a service: the public webhook endpoint, the private admin
+listener (inbox, read API, repairs), and the background work (inbox
+projection, handlers) that follows the log.
 
-``tidings receive`` builds a ``ReceiverConfig`` and calls ``run_service``.
-With ``workers > 1`` each worker process serves requests with its own
-writer (SQLite serialises them, PostgreSQL takes an advisory lock per
-batch), and one of them, the holder of the ``BackgroundLease``, runs the
-background work.
+``tidings receive`` builds a ``ReceiverConfig`` and an ``AdminListener`` and
+calls ``run_service``. The request workers (``workers``, each with its own
+writer: SQLite serialises them, PostgreSQL takes an advisory lock per batch)
+serve the public listener only: the webhook and ``/health``. The follower
+process runs the background work and serves the admin listener, so that
+neither competes with the acknowledgements for a worker's GIL.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI
-
 from tidings.contract.signing import Verifier, load_public_key
-from tidings.receiver.asgi import ReceiverApp
+from tidings.apps.receiver_admin import AdminListener, admin_app
+from tidings.receiver.asgi import receiver_app
 from tidings.receiver.builtin_handlers import append_jsonl, forward_to, run_command
 from tidings.receiver.core import Receiver
 from tidings.receiver.handler_runner import HandlerRunner
@@ -35,8 +37,6 @@ from tidings.receiver.handlers import EventFilter, Handlers, load_handlers
 from tidings.receiver.inbox import DEFAULT_GAP_WAIT, InboxProjector
 from tidings.receiver.lease import BackgroundLease
 from tidings.receiver.log import EventLog
-from tidings.receiver.read_api import read_router
-from tidings.web.inbox import mount_inbox
 
 logger = logging.getLogger("tidings.receiver")
 
@@ -59,6 +59,8 @@ WORKER_LEASE_GRACE = 5.0  # request workers leave the lease to the follower, unl
 class ReceiverConfig:
     db_url: str
     public_keys: list[str] = field(default_factory=list)  # PEM or whpk_ texts
+    org_ids: list[int] = field(default_factory=list)  # the organizations served (tidings.receiver.tenancy)...
+    any_org: bool = False  # ...or every one: exactly one of the two
     signing_secrets: list[str] = field(default_factory=list)  # whsec_ secrets, for the HMAC scheme v1
     path: str = "/webhook"
     url_secret: str | None = None
@@ -110,21 +112,26 @@ class ReceiverConfig:
 
 
 class ReceiverService:
-    """Everything ``tidings receive`` runs in one process, as one ASGI app (``.app``)."""
+    """What ``tidings receive`` runs in one process: the public app (``.app``: the webhook
+    and ``/health``), the admin app (``.admin_app``, when an ``AdminListener`` is given),
+    and the background work, started by the public app's lifespan or by ``follow``."""
 
-    def __init__(self, config: ReceiverConfig, handlers: Handlers | None = None) -> None:
+    def __init__(self, config: ReceiverConfig, handlers: Handlers | None = None,
+                 admin: AdminListener | None = None) -> None:
         self.config = config
         self.log = EventLog(config.db_url)
-        self.log.create_schema()
         self.receiver = Receiver(
             self.log,
             config.verifier(),
+            org_ids=config.org_ids,
+            any_org=config.any_org,
             url_secret=config.url_secret,
             strict=config.strict,
             max_wait=config.max_wait,
             create_schema=False,
             verify_threads=config.verify_threads,
         )
+        self.log.create_schema()
         self.handlers = config.handlers()
         if handlers is not None:
             self.handlers.extend(handlers)
@@ -138,10 +145,9 @@ class ReceiverService:
         self.lease = BackgroundLease(config.db_url)
         self._wake: asyncio.Event | None = None
         self._background: asyncio.Task | None = None
-        api = FastAPI(title="tidings receiver", lifespan=self._lifespan, docs_url=None, redoc_url=None)
-        api.include_router(read_router(self.log))
-        mount_inbox(api, self.receiver)
-        self.app = ReceiverApp(self.receiver, config.path, fallback=api)
+        self.app = receiver_app(self.receiver, config.path, lifespan=self._lifespan)
+        self.admin = admin
+        self.admin_app = admin_app(self.receiver, admin) if admin is not None else None
 
     async def _write(self, function):
         return await asyncio.wrap_future(self.receiver.committer.run(function))
@@ -167,12 +173,21 @@ class ReceiverService:
             self.lease.release()
             self.log.dispose()
 
-    async def follow(self) -> None:
-        """Only the background work, forever: the follower process of ``run_service``."""
+    async def follow(self, admin_socket: socket.socket | None = None) -> None:
+        """The background work, forever, and the admin listener on ``admin_socket``: the follower process."""
         gc.freeze()
         self._wake = asyncio.Event()  # nothing commits here: the log is polled
         try:
-            await self._follow_log()
+            if admin_socket is None or self.admin_app is None:
+                await self._follow_log()
+                return
+            background = asyncio.create_task(self._follow_log(), name="tidings-receiver-background")
+            try:
+                await admin_server(self.admin_app).serve(sockets=[admin_socket])
+            finally:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         finally:
             await asyncio.to_thread(self.receiver.close)
             self.lease.release()
@@ -221,11 +236,24 @@ class ReceiverService:
         return projected, await self.runner.step()
 
 
-def follow_forever(config: ReceiverConfig, handlers: Handlers | None = None) -> None:
-    """The follower process: takes the background lease first, so the workers only serve requests."""
+def admin_server(app):
+    """A uvicorn server for the admin app: no lifespan, no access log; open streams get a second at shutdown."""
+    import uvicorn
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
+                            server_header=False, timeout_graceful_shutdown=1)
+    return uvicorn.Server(config)
+
+
+def follow_forever(config: ReceiverConfig, handlers: Handlers | None = None, admin: AdminListener | None = None,
+                   admin_socket: socket.socket | None = None, public_socket: socket.socket | None = None) -> None:
+    """The follower process: takes the background lease first, so the workers only serve requests;
+    serves the admin listener, if any (the public listener it inherited is closed here)."""
     _die_with_parent()
+    if public_socket is not None:
+        public_socket.close()
     polling = dataclasses.replace(config, poll_interval=min(config.poll_interval, FOLLOWER_POLL), lease_grace=0.0)
-    asyncio.run(ReceiverService(polling, handlers).follow())
+    asyncio.run(ReceiverService(polling, handlers, admin).follow(admin_socket))
 
 
 def create_app():
@@ -251,8 +279,35 @@ def _http_protocol() -> str:
     return "tidings.receiver.fast_http:WebhookHttpProtocol"
 
 
-def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 8000, handlers: Handlers | None = None) -> None:
-    """Serve until interrupted: a follower process for the background work, then uvicorn.
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: one the system picks), as uvicorn binds one.
+
+    It listens once its server starts (``create_server`` calls ``listen``):
+    until then a connection is refused rather than queued, so whoever waits
+    for the port to accept waits for a server that answers.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 8000, handlers: Handlers | None = None,
+                *, admin: AdminListener | None = None, public_socket: socket.socket | None = None,
+                admin_socket: socket.socket | None = None) -> None:
+    """Serve until interrupted: a follower process for the background work and the admin listener, then uvicorn.
+
+    The public listener is ``public_socket``, or ``host:port``; the admin
+    listener, when ``admin`` is given, is ``admin_socket`` or
+    ``admin.host:admin.port``. Both are bound before anything starts, so a
+    port another server listens on fails at once.
 
     The projection and the handlers run in a process of their own, the
     follower, which holds the background lease; request workers take the
@@ -264,26 +319,38 @@ def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 800
     import multiprocessing
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    public_socket = public_socket or listen(host, port)
+    if admin is not None:
+        admin_socket = admin_socket or listen(admin.host, admin.port)
+        admin = admin.with_port(admin_socket.getsockname()[1])
     log = EventLog(config.db_url)
     log.create_schema()  # once, before any process that might race to create the tables
     log.dispose()  # no connection may cross the fork below
     follower = multiprocessing.get_context("fork").Process(
-        target=follow_forever, args=(config, handlers), name="tidings-receiver-follower", daemon=True
+        target=follow_forever, args=(config, handlers, admin, admin_socket, public_socket), name="tidings-receiver-follower",
+        daemon=True,
     )
     follower.start()
+    if admin_socket is not None:
+        admin_socket.close()  # the follower holds it now
     config = dataclasses.replace(config, lease_grace=max(config.lease_grace, WORKER_LEASE_GRACE))
     # No proxy-header rewriting and no Server header: less work per request on the hot path.
-    options = dict(host=host, port=port, loop="auto", http=_http_protocol(), access_log=False, log_level="warning",
+    options = dict(loop="auto", http=_http_protocol(), access_log=False, log_level="warning",
                    proxy_headers=False, server_header=False)
     try:
         if config.workers <= 1:
-            uvicorn.run(ReceiverService(config, handlers).app, **options)
+            uvicorn.Server(uvicorn.Config(ReceiverService(config, handlers).app, **options)).run(
+                sockets=[public_socket])
             return
         if handlers is not None:
             raise ValueError("handlers given as objects need workers=1; name them as module:function instead")
         os.environ[CONFIG_ENV] = config.to_json()
-        uvicorn.run("tidings.receiver.service:create_app", factory=True, workers=config.workers, **options)
+        workers = uvicorn.Config("tidings.apps.receiver_service:create_app", factory=True, workers=config.workers,
+                                 **options)
+        Multiprocess(workers, sockets=[public_socket]).run()
     finally:
+        public_socket.close()
         follower.terminate()
         follower.join(10)
