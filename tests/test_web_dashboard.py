@@ -293,9 +293,10 @@ async def test_the_filters_of_the_deliveries_page(dash):
 async def test_configurations_show_their_health(dash):
     acme = await dash.org("Acme", events=3)
     first, second, third = acme.delivery_ids
-    await dash.finish(first, (200, None, 10.0), status="delivered")
-    await dash.finish(second, (503, None, 40.0), (200, None, 20.0), status="delivered")
-    await dash.finish(third, (None, "connection refused", 2000.0), status="failed")
+    await dash.finish(first, (200, None, 10.0), status="delivered", created_at=NOW - timedelta(milliseconds=12))
+    await dash.finish(second, (503, None, 40.0), (200, None, 20.0), status="delivered",
+                      created_at=NOW - timedelta(seconds=31))
+    await dash.finish(third, (None, "connection refused", 2000.0), status="failed", created_at=NOW)
     async with dash.client(acme) as client:
         page = (await client.get("/dashboard/configurations")).text
     row = re.search(rf'<tr id="config-{acme.config_id}".*?</tr>', page, re.S).group(0)
@@ -303,9 +304,11 @@ async def test_configurations_show_their_health(dash):
     assert cells[3] == "50.0 % 4 attempts"  # 2 of 4 attempts answered 2xx
     assert cells[4] == "20 ms"  # p50 of 10, 20, 40 and 2000 ms, by nearest rank
     assert cells[5] == "2.00 s"  # p99
-    assert cells[6].startswith("connection refused")
-    assert cells[7] == "closed *"  # one unanswered attempt does not open the circuit
-    assert "1 failed" in cells[8]
+    # From creation to delivery, the delivered ones only: 12 ms and 31 s.
+    assert (cells[6], cells[7]) == ("12 ms", "31.00 s")
+    assert cells[8].startswith("connection refused")
+    assert cells[9] == "closed *"  # one unanswered attempt does not open the circuit
+    assert "1 failed" in cells[10]
 
 
 # ---------------------------------------------------------------- actions

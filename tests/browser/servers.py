@@ -219,7 +219,6 @@ class PlatformServer:
         background: list[Background] = []
         if dispatch:
             self.dispatcher = Dispatcher(engine, self.signer, self.settings.delivery, poll_interval=0.1)
-            self.app.state.dispatcher = self.dispatcher
             background.append(self.dispatcher.run)
         self.served = ServedApp(self.app, background=background, cleanup=engine.dispose)
 

@@ -21,6 +21,8 @@ AllowPrivateTargets = Annotated[bool, typer.Option("--allow-private-targets",
 AllowHttp = Annotated[bool, typer.Option("--allow-http", help="allow plain http:// targets")]
 Concurrency = Annotated[int, typer.Option("--concurrency", min=1, help="requests in flight, over all endpoints")]
 MaxPerEndpoint = Annotated[int, typer.Option("--max-per-endpoint", min=1, help="requests in flight to one endpoint")]
+PollInterval = Annotated[float, typer.Option(
+    "--poll-interval", min=0.01, help="seconds between looks for due deliveries when nothing wakes the dispatcher")]
 VendorPrefix = Annotated[str, typer.Option("--vendor-prefix", help="prefix of the vendor signature header")]
 
 DEFAULTS = DeliverySettings()

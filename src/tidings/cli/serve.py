@@ -18,6 +18,7 @@ from tidings.cli.delivery_options import (
     Db,
     MaxPerEndpoint,
     MaxRetries,
+    PollInterval,
     RetryBase,
     RetryFactor,
     VendorPrefix,
@@ -55,6 +56,7 @@ def serve_command(
     concurrency: Concurrency = 256,
     max_per_endpoint: MaxPerEndpoint = DEFAULTS.max_per_endpoint,
     vendor_prefix: VendorPrefix = DEFAULT_VENDOR_PREFIX,
+    poll_interval: PollInterval = DEFAULTS.poll_interval,
     partner_latency: Annotated[float, typer.Option("--partner-latency", min=0.0,
                                                    help="seconds a simulated partner takes to answer")] = 0.2,
     partner_failure_rate: Annotated[float, typer.Option("--partner-failure-rate", min=0.0, max=1.0,
@@ -80,7 +82,7 @@ def serve_command(
         delivery=DeliverySettings(max_retries=max_retries, retry_base=retry_base, retry_factor=retry_factor,
                                   attempt_timeout=attempt_timeout, allow_private_targets=allow_private_targets,
                                   allow_http=allow_http, max_per_endpoint=max_per_endpoint,
-                                  vendor_prefix=vendor_prefix),
+                                  vendor_prefix=vendor_prefix, poll_interval=poll_interval),
         partners=PartnerSettings(latency=partner_latency, failure_rate=partner_failure_rate),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -121,7 +123,6 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     tasks = []
     if with_dispatcher:
         dispatcher = build_dispatcher(engine, signer, settings.delivery, concurrency=concurrency)
-        app.state.dispatcher = dispatcher
         tasks.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
 
     async def stop_server_on_event() -> None:

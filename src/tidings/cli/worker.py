@@ -22,6 +22,7 @@ from tidings.cli.delivery_options import (
     Db,
     MaxPerEndpoint,
     MaxRetries,
+    PollInterval,
     RetryBase,
     RetryFactor,
     VendorPrefix,
@@ -51,6 +52,7 @@ def worker_command(
     stale_after: float = typer.Option(DEFAULTS.stale_after, "--stale-after", min=0.1,
                                       help="a worker silent this long has its deliveries handed back"),
     vendor_prefix: VendorPrefix = DEFAULT_VENDOR_PREFIX,
+    poll_interval: PollInterval = DEFAULTS.poll_interval,
     worker_id: str | None = typer.Option(None, "--worker-id", help="this worker's name (default: host:pid:random)"),
     migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="bring the database schema up to date first"),
 ) -> None:
@@ -60,7 +62,7 @@ def worker_command(
         max_retries=max_retries, retry_base=retry_base, retry_factor=retry_factor, attempt_timeout=attempt_timeout,
         allow_private_targets=allow_private_targets, allow_http=allow_http, max_per_endpoint=max_per_endpoint,
         batch_size=batch_size, vendor_prefix=vendor_prefix, heartbeat_interval=heartbeat_interval,
-        stale_after=stale_after)
+        stale_after=stale_after, poll_interval=poll_interval)
     if migrate:
         prepare_database(db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

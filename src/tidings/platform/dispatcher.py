@@ -173,7 +173,7 @@ class Dispatcher:
     def __init__(self, engine: AsyncEngine, signer: Signer, settings: DeliverySettings | None = None,
                  worker_id: str | None = None, on_finished: OnFinished | None = None, *,
                  transport: Transport | None = None, concurrency: int = 256,
-                 circuit: CircuitPolicy | None = None, poll_interval: float = 0.5,
+                 circuit: CircuitPolicy | None = None, poll_interval: float | None = None,
                  flush_interval: float = 0.02, queue_budget: float = 2.0, hand_back_delay: float = 1.0) -> None:
         self.engine = engine
         self.signer = sodium_signer(signer)  # the same signatures, for less than half the CPU
@@ -198,7 +198,7 @@ class Dispatcher:
         # its recent pace (at least ``per_endpoint``); the rest goes back to the
         # database for later. So a slow or dead endpoint holds a small share.
         self.queue_budget = queue_budget
-        self.poll_interval = poll_interval
+        self.poll_interval = self.settings.poll_interval if poll_interval is None else poll_interval
         self.flush_interval = flush_interval
         self.hand_back_delay = hand_back_delay
         self.stats = DispatcherStats()
@@ -243,6 +243,16 @@ class Dispatcher:
             self._transport = LeanTransport(self.target_policy, attempt_timeout=self.settings.attempt_timeout,
                                             concurrency=self.concurrency, per_endpoint=self.per_endpoint)
         await self._register()
+        try:
+            async with self.cycle.wake_ups(self.wake):
+                await self._deliver(stop_event, until_idle=until_idle)
+        finally:
+            await self._unregister()
+            if self._owns_transport and self._transport is not None:
+                await self._transport.close()
+                self._transport = None
+
+    async def _deliver(self, stop_event: asyncio.Event | None, *, until_idle: bool) -> None:
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
         cycles = asyncio.create_task(self._cycle_loop(until_idle=until_idle), name="dispatcher-cycles")
         watcher = asyncio.create_task(stop_event.wait()) if stop_event is not None else None
@@ -258,10 +268,6 @@ class Dispatcher:
             for task in (watcher, cycles, heartbeat):
                 if task is not None:
                     await _cancelled(task)
-            await self._unregister()
-            if self._owns_transport and self._transport is not None:
-                await self._transport.close()
-                self._transport = None
 
     def _stop(self) -> None:
         """Stop claiming and starting requests; what was claimed and not started goes back."""

@@ -6,9 +6,9 @@ everything that queued up while the previous transaction was being written,
 ingests it with ``ingest_messages`` (about a dozen statements for the whole
 batch) and answers every request after the commit. So a burst of messages
 costs one commit (one disk flush) and a few statements instead of a dozen
-statements and a commit each, SQLite sees one writer per process instead of
-many fighting for its lock, and a message is answered only once it is
-durably stored.
+statements and a commit each, and a message is answered only once it is
+durably stored. Batches adapt to the load without waiting: a lone message is
+written at once, and what arrives during a write makes the next batch.
 
 Refusals are decided before any write, so a refused message leaves the
 others of its batch untouched. Should a batch fail for another reason (a
@@ -28,17 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.contract.signing import Signer
 from tidings.platform.ingestion import ChannelMessage, IngestResult, Outcome, ingest_messages
 from tidings.platform.sodium import sodium_signer
+from tidings.store.engine import begin_write
 
 log = logging.getLogger(__name__)
-
-
-ARRIVAL_GAP = 0.001  # seconds without a new message that end the wait for the rest of a burst
-MAX_LINGER = 0.010  # seconds a message may wait for others, at most
-
-
-def keep_gathering(waiting: int, expected: int, max_batch: int, time_left: bool) -> bool:
-    """Whether the writer waits for more messages before writing (pure)."""
-    return time_left and waiting < min(expected, max_batch)
 
 
 @dataclass
@@ -94,13 +86,11 @@ class IngestQueue:
             self._task = None
 
     async def _run(self) -> None:
-        expected = 1  # the size of the last batch: as many messages are likely on their way
         while True:
             if not self._waiting:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            await self._gather(expected)
             batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
             try:
                 outcomes = await self._write([pending.message for pending in batch])
@@ -109,8 +99,6 @@ class IngestQueue:
                     if not pending.answer.done():
                         pending.answer.cancel()
                 raise
-            # Those answered now and those that came during the write: the senders in play.
-            expected = len(batch) + len(self._waiting)
             for pending, outcome in zip(batch, outcomes):
                 if pending.answer.done():  # the request went away meanwhile
                     continue
@@ -119,33 +107,9 @@ class IngestQueue:
                 else:
                     pending.answer.set_result(outcome)
 
-    async def _gather(self, expected: int) -> None:
-        """Lets the rest of a burst arrive before writing.
-
-        Clients send their next message once answered, so after a batch its
-        senders come back one by one over a few milliseconds. Writing at the
-        first arrival made a batch of one, then a batch of the rest, every
-        time (measured with bench/ingest.py, 64 clients: half the batches
-        held one message). So the writer waits while messages keep coming,
-        until as many as were in play last time are there, ``ARRIVAL_GAP``
-        passes without one, or ``MAX_LINGER`` is up. Measured in one run
-        (64 clients, SQLite): every batch held 64 messages, 1,141 against
-        1,335 us of server CPU per message, 764 against 625 messages/s.
-        A lone message waits one ``ARRIVAL_GAP`` at most.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + MAX_LINGER
-        while True:
-            seen = len(self._waiting)
-            if not keep_gathering(seen, expected, self.max_batch, loop.time() < deadline):
-                return
-            await asyncio.sleep(ARRIVAL_GAP)
-            if len(self._waiting) == seen:  # nobody else is coming
-                return
-
     async def _write(self, batch: list[ChannelMessage]) -> list[Outcome | Exception]:
         try:
-            async with self.engine.begin() as conn:
+            async with begin_write(self.engine) as conn:
                 outcomes: list[Outcome | Exception] = list(await ingest_messages(conn, self.signer, batch))
         except Exception as error:
             if len(batch) == 1:

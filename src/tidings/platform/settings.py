@@ -25,6 +25,9 @@ class DeliverySettings:
     vendor_prefix: str = DEFAULT_VENDOR_PREFIX
     heartbeat_interval: float = 2.0
     stale_after: float = 15.0  # a worker silent this long has its deliveries handed back
+    # Seconds between looks for due deliveries when nothing wakes the dispatcher: a
+    # committed delivery wakes it at once (deliveries.wakeup), so this is a safety net.
+    poll_interval: float = 0.5
 
 
 @dataclass(frozen=True)

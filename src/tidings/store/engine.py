@@ -7,9 +7,14 @@ this module picks the async driver (aiosqlite, asyncpg) or the sync one
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 DEFAULT_DB_URL = "sqlite:///tidings.db"
 
@@ -70,3 +75,25 @@ def create_sync_engine(url: str, **kwargs) -> Engine:
     if is_sqlite(url):
         event.listen(engine, "connect", apply_sqlite_pragmas)
     return engine
+
+
+# One asyncio lock per SQLite engine: its writers in this process take turns
+# here rather than in SQLite's busy handler, which sleeps in steps of
+# milliseconds (the path of a message to its subscriber, bench/e2e.py).
+_write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction on ``engine``. On SQLite, one at a time per process
+    (the ingestion writer and the dispatcher take turns); on PostgreSQL, a
+    plain transaction."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            yield conn
+        return
+    lock = _write_locks.get(engine.sync_engine)
+    if lock is None:
+        lock = _write_locks[engine.sync_engine] = asyncio.Lock()
+    async with lock, engine.begin() as conn:
+        yield conn

@@ -33,7 +33,7 @@ from tidings.platform.deliveries.statuses import STATUSES
 from tidings.platform.tryout import TryoutRefused, try_out
 from tidings.web import session
 from tidings.web.origin import check_same_origin
-from tidings.web.health import AttemptOutcome, health_of
+from tidings.web.health import AttemptOutcome, health_of, latency_of
 from tidings.web.page_headers import PageHeaders
 from tidings.web.held_back import hold_reason, spoken_duration
 from tidings.web.live import Poll, Removal, Upsert, event_stream, order_key, poll_stream, start_position
@@ -42,6 +42,7 @@ from tidings.web.templating import STATIC_DIR, TEMPLATES, render_macro
 PREFIX = "/dashboard"
 STATIC_PATH = PREFIX + "/static"
 HEALTH_WINDOW = timedelta(hours=24)
+LATENCY_WINDOW = timedelta(hours=1)
 HELD_BACK_REFRESH = 5.0  # seconds at least between two redraws of a live page's held-back section
 NOTICE_COOKIE = "tidings_notice"
 
@@ -213,20 +214,9 @@ async def sign_out(request: Request) -> Response:
 # ---------------------------------------------------------------- configurations
 
 
-def _dispatcher(request: Request) -> Any | None:
-    """The dispatcher running in this process, if ``tidings serve`` put one on ``app.state``."""
-    return getattr(request.app.state, "dispatcher", None)
-
-
-def _wake_dispatcher(request: Request) -> None:
-    """Deliveries were queued again: a dispatcher in this process looks for them now."""
-    wake = getattr(_dispatcher(request), "wake", None)
-    if wake is not None:
-        wake()
-
-
 async def _configuration_rows(request: Request, platform: PlatformContext, org_id: int) -> list[dict[str, Any]]:
     since = datetime.now(UTC) - HEALTH_WINDOW
+    latency_since = datetime.now(UTC) - LATENCY_WINDOW
     async with platform.engine.connect() as conn:
         configs = await configurations.of_organization(conn, org_id)
         counts = await reads.status_counts(conn, org_id)
@@ -235,9 +225,11 @@ async def _configuration_rows(request: Request, platform: PlatformContext, org_i
             outcomes = [AttemptOutcome(row.started_at, row.duration_ms, row.status_code, row.error,
                                        row.response_excerpt)
                         for row in await reads.recent_attempts(conn, org_id, config.id, since)]
+            delivered = await reads.delivered_times(conn, org_id, config.id, latency_since)
             rows.append({
                 "config": config,
                 "health": health_of(outcomes),
+                "latency": latency_of(delivered),
                 "counts": counts.get(config.id, {}),
             })
     return rows
@@ -296,7 +288,6 @@ async def resume(
             conn, config_id=config_id, now=time.time(), updated_at=utcnow())
     if released is None:
         return back_to(PREFIX + "/configurations", f"Configuration #{config_id} was not paused.", "error")
-    _wake_dispatcher(request)
     return back_to(PREFIX + "/configurations",
                    f"Configuration #{config_id} is resumed; {released} held deliveries are queued.")
 
@@ -427,7 +418,6 @@ async def resend(
         config = await configurations.get(conn, config_id=row.webhook_config_id, org_id=org.org_id)
         paused = config is not None and bool(config.paused)
         queued = await actions.resend(conn, delivery_id=delivery_id, now=time.time())
-    _wake_dispatcher(request)
     here = f"{PREFIX}/deliveries/{delivery_id}"
     if not queued:
         return back_to(here, f"Delivery #{delivery_id} is not finished: it is {row.status}.", "error")
@@ -452,7 +442,6 @@ async def recover(
         count = 0
         for config_row in chosen:
             count += await actions.recover(conn, config_id=config_row.id, since=moment, now=time.time())
-    _wake_dispatcher(request)
     where = f" of configuration #{config_id}" if config_id else ""
     return back_to(
         PREFIX + "/deliveries",

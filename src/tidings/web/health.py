@@ -88,6 +88,27 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     return ordered[rank - 1]
 
 
+@dataclass(frozen=True)
+class Latency:
+    """How long deliveries took, from their event's creation to their delivery."""
+
+    deliveries: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+def latency_of(created_and_delivered: Sequence[tuple[datetime, datetime]]) -> Latency:
+    """The latency figures of delivered deliveries, each ``(created_at, finished_at)``.
+
+    >>> from datetime import timedelta
+    >>> start = datetime(2026, 1, 1)
+    >>> latency_of([(start, start + timedelta(milliseconds=ms)) for ms in (4, 8, 100)])
+    Latency(deliveries=3, p50_ms=8.0, p99_ms=100.0)
+    """
+    durations = [(delivered - created).total_seconds() * 1000.0 for created, delivered in created_and_delivered]
+    return Latency(len(durations), percentile(durations, 0.50), percentile(durations, 0.99))
+
+
 def error_text(outcome: AttemptOutcome) -> str:
     """One line that says how an attempt failed."""
     if outcome.error:

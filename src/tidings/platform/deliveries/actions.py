@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.platform.deliveries.cycle import cycle_of
 from tidings.platform.deliveries.statuses import DELIVERING, FAILED, FINAL, HELD, PENDING, QUEUED
+from tidings.platform.deliveries.wakeup import deliveries_written
 from tidings.platform.webhook_rules import BY_CONVERSATION
 from tidings.store.platform_tables import deliveries, delivery_sequences, webhook_configs
 
@@ -51,6 +52,8 @@ async def resume_configuration(conn: AsyncConnection, *, config_id: int, now: fl
     released = await conn.execute(
         update(deliveries).where(deliveries.c.webhook_config_id == config_id, deliveries.c.status == HELD)
         .values(status=PENDING, next_attempt_at=now))
+    if released.rowcount:
+        await deliveries_written(conn)
     return released.rowcount
 
 
@@ -87,6 +90,8 @@ async def resend(conn: AsyncConnection, *, delivery_id: int, now: float) -> bool
     if requeued.rowcount == 1 and ordered:
         await cycle_of(conn).promote(conn, [(delivery_id, row.webhook_config_id, row.conversation_id)],
                                      status=waiting, worker_id=None, now=now, per_conversation=1)
+    if requeued.rowcount == 1:
+        await deliveries_written(conn)
     return requeued.rowcount == 1
 
 
@@ -106,6 +111,8 @@ async def recover(conn: AsyncConnection, *, config_id: int, since: datetime, now
         .values(**_requeued(QUEUED if ordered else waiting, now)))
     if ordered and recovered.rowcount:
         await promote_heads(conn, config_id=config_id, status=waiting, now=now)
+    if recovered.rowcount:
+        await deliveries_written(conn)
     return recovered.rowcount
 
 
@@ -126,9 +133,11 @@ async def ordering_changed(conn: AsyncConnection, *, config_id: int, ordering: s
     """A configuration's ordering changed: without ordering nothing waits any
     more; with it, deliveries already due stay due and new ones queue."""
     if ordering != BY_CONVERSATION:
-        await conn.execute(update(deliveries).where(deliveries.c.webhook_config_id == config_id,
-                                                    deliveries.c.status == QUEUED)
-                           .values(status=PENDING, next_attempt_at=now))
+        released = await conn.execute(update(deliveries).where(deliveries.c.webhook_config_id == config_id,
+                                                               deliveries.c.status == QUEUED)
+                                      .values(status=PENDING, next_attempt_at=now))
+        if released.rowcount:
+            await deliveries_written(conn)
 
 
 async def delete_configuration(conn: AsyncConnection, *, config_id: int, now: datetime) -> bool:

@@ -9,16 +9,14 @@ asks which engine it runs on again.
   batch one statement over arrays.
 - ``SqliteCycle``: plain sqlite3 calls, a whole ``record`` or ``claim`` in
   one call to the aiosqlite thread (``store.sqlite.in_sqlite_thread``); one
-  write transaction at a time per process, queued on an ``asyncio.Lock``
-  rather than in SQLite's busy handler (which sleeps).
+  write transaction at a time per process (``store.engine.begin_write``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import namedtuple
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -27,7 +25,9 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.platform.deliveries import statements as sql
+from tidings.platform.deliveries import wakeup
 from tidings.platform.deliveries.statuses import DELIVERING, FINAL
+from tidings.store.engine import begin_write
 from tidings.store.sqlite import in_sqlite_thread, sqlite_datetime
 
 __all__ = [
@@ -144,6 +144,9 @@ class DeliveryCycle(Protocol):
         """``promoted`` and a claim of due deliveries, up to ``limit`` in all,
         with what sending them needs."""
 
+    def wake_ups(self, wake: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        """While the ``with`` lasts, ``wake()`` as soon as deliveries are committed (``wakeup``)."""
+
     async def promote(self, conn: AsyncConnection, finished: Sequence[ConversationOf], *, status: str,
                       worker_id: str | None, now: float, per_conversation: int) -> list:
         """The next ``queued`` deliveries of each ordered conversation named by
@@ -181,6 +184,9 @@ def finishing(results: Sequence[ResultRow], applied: set[int]) -> list[Conversat
 class PostgresCycle:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+
+    def wake_ups(self, wake: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        return wakeup.listen(self.engine, wake)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -266,11 +272,18 @@ def _json_ids(ids) -> str:
 class SqliteCycle:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._write_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def wake_ups(self, wake: Callable[[], None]) -> AsyncIterator[None]:
+        stop = wakeup.on_commit(self.engine, wake)
+        try:
+            yield
+        finally:
+            stop()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             if not conn.info.get(_CACHE_SET):
                 await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
                 conn.info[_CACHE_SET] = True

@@ -31,6 +31,7 @@ from tidings.contract import MessageEvent, dump_event, utcnow
 from tidings.contract.signing import Signer
 from tidings.platform import configurations
 from tidings.platform.deliveries.statuses import HELD, PENDING, QUEUED, UNFINISHED
+from tidings.platform.deliveries.wakeup import deliveries_written
 from tidings.platform.webhook_rules import BY_CONVERSATION
 from tidings.store.platform_tables import deliveries, delivery_sequences, events
 
@@ -107,6 +108,8 @@ async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, Messag
                 "next_attempt_at": due, "created_at": created,
             })
     await conn.execute(insert(deliveries), rows)
+    if any(row["status"] == PENDING for row in rows):
+        await deliveries_written(conn)
     return event_ids
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.platform import configurations
-from tidings.platform.deliveries.statuses import HEAD, QUEUED
+from tidings.platform.deliveries.statuses import DELIVERED, HEAD, QUEUED
 from tidings.store.platform_tables import attempts, deliveries, events, webhook_configs
 
 PAGE_SIZE = 100
@@ -151,6 +151,18 @@ async def recent_attempts(
         .order_by(attempts.c.id.desc())
         .limit(limit)
     )).all()
+
+
+async def delivered_times(conn: AsyncConnection, org_id: int, config_id: int, since: datetime,
+                          limit: int = HEALTH_SAMPLE) -> list[tuple[datetime, datetime]]:
+    """``(created_at, finished_at)`` of one configuration's deliveries delivered at ``since`` or later, newest first."""
+    return [(row.created_at, row.finished_at) for row in (await conn.execute(
+        select(deliveries.c.created_at, deliveries.c.finished_at)
+        .where(deliveries.c.org_id == org_id, deliveries.c.webhook_config_id == config_id,
+               deliveries.c.status == DELIVERED, deliveries.c.finished_at >= since)
+        .order_by(deliveries.c.id.desc())
+        .limit(limit)
+    )).all()]
 
 
 async def status_counts(conn: AsyncConnection, org_id: int) -> dict[int, dict[str, int]]:
