@@ -211,14 +211,23 @@ async def test_the_queue_commits_concurrent_messages_together_and_answers_each(p
 
 async def test_a_failing_batch_is_retried_message_by_message(platform, monkeypatch):
     a = await platform.tenant("A")
-    real = ingest_queue_module.ingest_messages
+    # The queue writes with ingest_batch on SQLite (a thread of its own) and ingest_messages on PostgreSQL.
+    real_batch, real_messages = ingest_queue_module.ingest_batch, ingest_queue_module.ingest_messages
 
-    async def failing_on_poison(conn, signer, batch):
+    def refuse_poison(batch):
         if any(item.incoming.content == "poison" for item in batch):
             raise RuntimeError("the database refused the poison")
-        return await real(conn, signer, batch)
 
-    monkeypatch.setattr(ingest_queue_module, "ingest_messages", failing_on_poison)
+    def batch_failing_on_poison(conn, signer, batch):
+        refuse_poison(batch)
+        return real_batch(conn, signer, batch)
+
+    async def messages_failing_on_poison(conn, signer, batch):
+        refuse_poison(batch)
+        return await real_messages(conn, signer, batch)
+
+    monkeypatch.setattr(ingest_queue_module, "ingest_batch", batch_failing_on_poison)
+    monkeypatch.setattr(ingest_queue_module, "ingest_messages", messages_failing_on_poison)
     queue = IngestQueue(platform.engine, platform.signer)
     poison = ChannelMessage(a.org_id, a.channel_id, IncomingMessage(
         business_id=a.business_id, external_conversation_id="c", external_message_id="p", content="poison"))

@@ -8,18 +8,18 @@ The rules a configuration obeys are pure functions of ``webhook_rules``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import EventType
 from tidings.store.platform_tables import webhook_configs
 
 __all__ = ["count_of_organization", "create", "event_type_ids", "event_types", "for_event_type", "get", "live_secrets",
-           "of_organization", "page_of_organization", "rotate_secret", "subscribed", "update_fields"]
+           "of_organization", "page_of_organization", "rotate_secret", "SUBSCRIBED", "update_fields"]
 
 _live = webhook_configs.c.deleted_at.is_(None)
 
@@ -65,14 +65,15 @@ async def for_event_type(conn: AsyncConnection, *, org_id: int, event_type: str)
         webhook_configs.c.org_id == org_id, webhook_configs.c.event_type == event_type, _live))).first()
 
 
-async def subscribed(conn: AsyncConnection, org_ids: Iterable[int], event_types: Iterable[str]) -> list[Any]:
-    """``(id, org_id, event_type, paused, ordering)`` of the configurations
-    that receive events of those organizations and types, by id."""
-    return list((await conn.execute(
-        select(webhook_configs.c.id, webhook_configs.c.org_id, webhook_configs.c.event_type, webhook_configs.c.paused,
-               webhook_configs.c.ordering)
-        .where(webhook_configs.c.org_id.in_(set(org_ids)), webhook_configs.c.event_type.in_(set(event_types)), _live)
-        .order_by(webhook_configs.c.id))).all())
+# ``(id, org_id, event_type, paused, ordering)`` of the configurations that
+# receive events of some organizations (:org_ids) and types (:event_types), by
+# id; the outbox runs it on a synchronous connection.
+SUBSCRIBED = (
+    select(webhook_configs.c.id, webhook_configs.c.org_id, webhook_configs.c.event_type, webhook_configs.c.paused,
+           webhook_configs.c.ordering)
+    .where(webhook_configs.c.org_id.in_(bindparam("org_ids", expanding=True)),
+           webhook_configs.c.event_type.in_(bindparam("event_types", expanding=True)), _live)
+    .order_by(webhook_configs.c.id))
 
 
 async def create(conn: AsyncConnection, *, org_id: int, url: str, event_type: str,

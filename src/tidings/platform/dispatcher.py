@@ -248,6 +248,7 @@ class Dispatcher:
                 await self._deliver(stop_event, until_idle=until_idle)
         finally:
             await self._unregister()
+            await self.cycle.close()
             if self._owns_transport and self._transport is not None:
                 await self._transport.close()
                 self._transport = None

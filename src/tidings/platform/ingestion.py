@@ -6,11 +6,13 @@ ingested on its channel is a duplicate: nothing is stored or sent for it.
 Each new message gets its ``message_created`` event, and the event its
 deliveries, in the same transaction.
 
-``ingest_messages`` takes many messages at once (the API batches concurrent
+``ingest_batch`` takes many messages at once (the API batches concurrent
 requests, ``tidings.platform.ingest_queue``) and does their work in about a
 dozen statements, whatever their number: the reads first, then every
 decision in Python, then the writes. Every refusal is decided before the
-first write, so a refused message leaves the others untouched.
+first write, so a refused message leaves the others untouched. It runs on a
+synchronous connection (the ingestion's writer thread on SQLite);
+``ingest_messages`` is the same on an async one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import ConversationStatus, EventPayload, MessageCreated, MessageStatus, SenderType, utcnow
@@ -35,7 +38,7 @@ from tidings.platform.conversations import (
     conversation_model,
     message_from_row,
 )
-from tidings.platform.deliveries.outbox import record_events
+from tidings.platform.deliveries.outbox import write_events
 from tidings.store.platform_tables import businesses, conversations, custom_channels, messages
 
 
@@ -201,17 +204,22 @@ def plan_batch(batch: Sequence[ChannelMessage], channels: Mapping[str, Mapping],
 
 
 async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
+    """``ingest_batch`` on an async connection."""
+    return await conn.run_sync(ingest_batch, signer, batch)
+
+
+def ingest_batch(conn: Connection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
     """Ingests ``batch`` in the caller's transaction; one outcome per message, in order."""
-    channels = await _rows_by_id(conn, _CHANNELS, {item.channel_id for item in batch})
-    owners = await _rows_by_id(conn, _BUSINESSES, {item.incoming.business_id for item in batch})
-    stored_messages = await _stored_messages(conn, {_message_key(item) for item in batch})
-    stored_conversations = await _stored_conversations(conn, {_conversation_key(item) for item in batch})
+    channels = _rows_by_id(conn, _CHANNELS, {item.channel_id for item in batch})
+    owners = _rows_by_id(conn, _BUSINESSES, {item.incoming.business_id for item in batch})
+    stored_messages = _stored_messages(conn, {_message_key(item) for item in batch})
+    stored_conversations = _stored_conversations(conn, {_conversation_key(item) for item in batch})
     now = utcnow()
     plan = plan_batch(batch, channels, owners, stored_messages, stored_conversations, now)
     outcomes, accepted, repeated, new_conversations = plan.outcomes, plan.accepted, plan.repeated, plan.new_conversations
 
     if new_conversations:
-        stored_conversations.update(await _create_conversations(conn, new_conversations))
+        stored_conversations.update(_create_conversations(conn, new_conversations))
         for index in list(accepted):  # one created meanwhile by another process may belong to another business
             refusal = business_refusal(batch[index], stored_conversations[_conversation_key(batch[index])])
             if refusal is not None:
@@ -220,8 +228,8 @@ async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence
 
     rows = {index: new_message_row(batch[index], stored_conversations[_conversation_key(batch[index])]["id"],
                                    owners[batch[index].incoming.business_id]["name"], now) for index in accepted}
-    message_ids = await _insert_messages(conn, [rows[index] for index in accepted])
-    stored_later = await _stored_messages(conn, {_message_key(batch[i]) for i in accepted} - set(message_ids))
+    message_ids = _insert_messages(conn, [rows[index] for index in accepted])
+    stored_later = _stored_messages(conn, {_message_key(batch[i]) for i in accepted} - set(message_ids))
     created: list[tuple[int, dict[str, Any], dict[str, Any]]] = []  # (index, message row, conversation as of it)
     for index in accepted:
         item = batch[index]
@@ -242,7 +250,7 @@ async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence
             if isinstance(found, IngestResult) else found
 
     if created:
-        await _update_conversations(conn, [(message, batch[index].incoming) for index, message, _ in created])
+        _update_conversations(conn, [(message, batch[index].incoming) for index, message, _ in created])
         events = []
         for index, message_row, conversation_row in created:
             item = batch[index]
@@ -252,7 +260,7 @@ async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence
             events.append((item.org_id, MessageCreated(
                 type="message_created",
                 payload=EventPayload(message=message, conversation=conversation, org_id=item.org_id))))
-        await record_events(conn, events, signer=signer)
+        write_events(conn, events, signer=signer)
     return outcomes  # type: ignore[return-value]  # every slot is filled above
 
 
@@ -281,21 +289,21 @@ _STORED_CONVERSATIONS = _by_pair(conversations.c, conversations.c.custom_channel
                                  conversations.c.external_conversation_id)
 
 
-async def _rows_by_id(conn: AsyncConnection, statement, ids: set[str]) -> dict[str, dict[str, Any]]:
-    rows = await conn.execute(statement, {"ids": sorted(ids)})
+def _rows_by_id(conn: Connection, statement, ids: set[str]) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(statement, {"ids": sorted(ids)})
     return {row.id: dict(row._mapping) for row in rows}
 
 
-async def _stored_messages(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+def _stored_messages(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
     """(channel, external message id) -> (message id, conversation id) of those already stored."""
     if not keys:
         return {}
-    rows = await conn.execute(_STORED_MESSAGES, {"pairs": sorted(keys)})
+    rows = conn.execute(_STORED_MESSAGES, {"pairs": sorted(keys)})
     return {(row[0], row[1]): (row[2], row[3]) for row in rows}
 
 
-async def _stored_conversations(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    rows = await conn.execute(_STORED_CONVERSATIONS, {"pairs": sorted(keys)})
+def _stored_conversations(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    rows = conn.execute(_STORED_CONVERSATIONS, {"pairs": sorted(keys)})
     return {(row.custom_channel_id, row.external_conversation_id): dict(row._mapping) for row in rows}
 
 
@@ -311,26 +319,26 @@ _NEW_MESSAGES = _insert_new(messages, ("custom_channel_id", "external_message_id
                             messages.c.custom_channel_id, messages.c.external_message_id)
 
 
-def _for_dialect(conn: AsyncConnection, statements: dict) -> Any:
+def _for_dialect(conn: Connection, statements: dict) -> Any:
     return statements["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
 
 
-async def _create_conversations(conn: AsyncConnection, new: dict[tuple[str, str], dict[str, Any]]
+def _create_conversations(conn: Connection, new: dict[tuple[str, str], dict[str, Any]]
                                 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Inserts the new conversations; one created meanwhile by another process is read instead."""
-    inserted = await conn.execute(_for_dialect(conn, _NEW_CONVERSATIONS), [new[key] for key in sorted(new)])
+    inserted = conn.execute(_for_dialect(conn, _NEW_CONVERSATIONS), [new[key] for key in sorted(new)])
     created = {(row[1], row[2]): {**new[(row[1], row[2])], "id": row[0]} for row in inserted}
     missing = set(new) - set(created)
     if missing:
-        created.update(await _stored_conversations(conn, missing))
+        created.update(_stored_conversations(conn, missing))
     return created
 
 
-async def _insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     """Inserts the messages; returns the ids of those inserted (one stored meanwhile is skipped)."""
     if not rows:
         return {}
-    inserted = await conn.execute(_for_dialect(conn, _NEW_MESSAGES), rows)
+    inserted = conn.execute(_for_dialect(conn, _NEW_MESSAGES), rows)
     return {(row[1], row[2]): row[0] for row in inserted}
 
 
@@ -348,7 +356,7 @@ _UPDATE_CONVERSATION = (
 )
 
 
-async def _update_conversations(conn: AsyncConnection, created: list[tuple[dict[str, Any], IncomingMessage]]) -> None:
+def _update_conversations(conn: Connection, created: list[tuple[dict[str, Any], IncomingMessage]]) -> None:
     """One update per conversation, for all its new messages together."""
     changes: dict[int, dict[str, Any]] = {}
     for message, incoming in created:  # in order: the later message of a conversation wins
@@ -363,4 +371,4 @@ async def _update_conversations(conn: AsyncConnection, created: list[tuple[dict[
             "new_consumer_img": incoming.consumer_img if incoming.consumer_img is not None
             else earlier.get("new_consumer_img"),
         }
-    await conn.execute(_UPDATE_CONVERSATION, [changes[key] for key in sorted(changes)])
+    conn.execute(_UPDATE_CONVERSATION, [changes[key] for key in sorted(changes)])

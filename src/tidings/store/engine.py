@@ -47,24 +47,33 @@ def sync_url(url: str) -> str:
     return make_url(url).set(drivername=_SYNC_DRIVERS[_backend(url)]).render_as_string(hide_password=False)
 
 
-def apply_sqlite_pragmas(dbapi_connection, _record=None) -> None:
+def apply_sqlite_pragmas(dbapi_connection, _record=None, *, durable: bool = True) -> None:
     """WAL lets readers run beside the writer; FULL makes a commit durable on
-    power loss, not only on a crash; the busy timeout turns lock contention
-    between processes into waiting instead of errors."""
+    power loss, not only on a crash (NORMAL, for ``durable=False``: a commit
+    does not wait for the disk, and a power loss may undo the last ones, never
+    corrupt the file); the busy timeout turns lock contention between
+    processes into waiting instead of errors."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-def create_engine(url: str, **kwargs) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL and a busy timeout."""
+def create_engine(url: str, *, durable: bool = True, **kwargs) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout, and commits
+    that wait for the disk unless ``durable`` is false (see ``apply_sqlite_pragmas``)."""
     engine = create_async_engine(async_url(url), **kwargs)
     if is_sqlite(url):
-        event.listen(engine.sync_engine, "connect", apply_sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect",
+                     lambda dbapi_connection, record: apply_sqlite_pragmas(dbapi_connection, durable=durable))
     return engine
+
+
+def url_of(engine: AsyncEngine) -> str:
+    """The URL ``engine`` was made for, password included (for a second engine on the same database)."""
+    return engine.url.render_as_string(hide_password=False)
 
 
 def create_sync_engine(url: str, **kwargs) -> Engine:
@@ -77,23 +86,31 @@ def create_sync_engine(url: str, **kwargs) -> Engine:
     return engine
 
 
-# One asyncio lock per SQLite engine: its writers in this process take turns
-# here rather than in SQLite's busy handler, which sleeps in steps of
-# milliseconds (the path of a message to its subscriber, bench/e2e.py).
-_write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+# One asyncio lock per SQLite file and event loop: the writers of a process
+# take turns here rather than in SQLite's busy handler, which sleeps in steps
+# of milliseconds (the path of a message to its subscriber, bench/e2e.py).
+_write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary())
+
+
+def write_lock(engine: AsyncEngine | Engine) -> asyncio.Lock:
+    """The lock the SQLite writers of this process take turns on, for
+    ``engine``'s database file, in the running event loop."""
+    locks = _write_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(engine.url.database)
+    if lock is None:
+        lock = locks[engine.url.database] = asyncio.Lock()
+    return lock
 
 
 @contextlib.asynccontextmanager
 async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A write transaction on ``engine``. On SQLite, one at a time per process
-    (the ingestion writer and the dispatcher take turns); on PostgreSQL, a
-    plain transaction."""
+    (``write_lock``: the ingestion writer and the dispatcher take turns); on
+    PostgreSQL, a plain transaction."""
     if engine.dialect.name != "sqlite":
         async with engine.begin() as conn:
             yield conn
         return
-    lock = _write_locks.get(engine.sync_engine)
-    if lock is None:
-        lock = _write_locks[engine.sync_engine] = asyncio.Lock()
-    async with lock, engine.begin() as conn:
+    async with write_lock(engine), engine.begin() as conn:
         yield conn

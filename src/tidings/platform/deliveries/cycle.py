@@ -9,7 +9,14 @@ asks which engine it runs on again.
   batch one statement over arrays.
 - ``SqliteCycle``: plain sqlite3 calls, a whole ``record`` or ``claim`` in
   one call to the aiosqlite thread (``store.sqlite.in_sqlite_thread``); one
-  write transaction at a time per process (``store.engine.begin_write``).
+  write transaction at a time per process (``store.engine.begin_write``), on
+  connections of its own whose commits do not wait for the disk
+  (``synchronous=NORMAL``): each commit would wait for a flush of several
+  milliseconds, twice on a message's way out (``bench/e2e.py``). A crash of
+  the process loses none of them; a power loss may undo the last ones, and
+  then a delivery is sent once more (at least once) and its last attempts
+  may be missing from the log. Messages and their deliveries are written
+  durably (``synchronous=FULL``) by the ingestion.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings.platform.deliveries import statements as sql
 from tidings.platform.deliveries import wakeup
 from tidings.platform.deliveries.statuses import DELIVERING, FINAL
-from tidings.store.engine import begin_write
+from tidings.store.engine import begin_write, create_engine, url_of
 from tidings.store.sqlite import in_sqlite_thread, sqlite_datetime
 
 __all__ = [
@@ -131,6 +138,9 @@ class DeliveryCycle(Protocol):
     def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """A write transaction of the dispatcher."""
 
+    async def close(self) -> None:
+        """Releases what the cycle opened of its own (the dispatcher calls it when it stops)."""
+
     async def record(self, conn: AsyncConnection, *, worker_id: str, attempts: Sequence[AttemptRow],
                      results: Sequence[ResultRow], releases: Sequence[ReleaseRow], drops: Sequence[int],
                      now: float) -> CycleRecord:
@@ -187,6 +197,9 @@ class PostgresCycle:
 
     def wake_ups(self, wake: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
         return wakeup.listen(self.engine, wake)
+
+    async def close(self) -> None:
+        pass
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -272,6 +285,19 @@ def _json_ids(ids) -> str:
 class SqliteCycle:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._writer: AsyncEngine | None = None  # the same file, commits that do not wait for the disk
+
+    def _writing_engine(self) -> AsyncEngine:
+        if self._writer is None:
+            database = self.engine.url.database
+            in_memory = not database or database == ":memory:"  # a second engine would see another database
+            self._writer = self.engine if in_memory else create_engine(url_of(self.engine), durable=False)
+        return self._writer
+
+    async def close(self) -> None:
+        if self._writer is not None and self._writer is not self.engine:
+            await self._writer.dispose()
+        self._writer = None
 
     @contextlib.asynccontextmanager
     async def wake_ups(self, wake: Callable[[], None]) -> AsyncIterator[None]:
@@ -283,7 +309,7 @@ class SqliteCycle:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with begin_write(self.engine) as conn:
+        async with begin_write(self._writing_engine()) as conn:
             if not conn.info.get(_CACHE_SET):
                 await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
                 conn.info[_CACHE_SET] = True

@@ -6,8 +6,11 @@ commit together or not at all, and the dispatcher only ever sends events of
 committed changes. The body is rendered here, once; the dispatcher sends
 these bytes on every attempt.
 
-``record_events`` writes many events in a handful of statements whatever
-their number (batched ingestion); ``record_event`` is the same for one.
+``write_events`` writes many events in a handful of statements whatever
+their number (batched ingestion), on a synchronous connection: the
+ingestion's writer runs it in a thread of its own on SQLite, where each
+statement through the async driver would cost two thread switches.
+``record_events`` and ``record_event`` are the same for an async connection.
 Sequence numbers are taken with one atomic upsert, and the rows of
 ``delivery_sequences`` stay locked until the transaction ends: that
 serialises the writers of one conversation with the dispatcher's promotions
@@ -23,19 +26,20 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import bindparam, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import MessageEvent, dump_event, utcnow
 from tidings.contract.signing import Signer
 from tidings.platform import configurations
 from tidings.platform.deliveries.statuses import HELD, PENDING, QUEUED, UNFINISHED
-from tidings.platform.deliveries.wakeup import deliveries_written
+from tidings.platform.deliveries.wakeup import mark_deliveries_written
 from tidings.platform.webhook_rules import BY_CONVERSATION
 from tidings.store.platform_tables import deliveries, delivery_sequences, events
 
-__all__ = ["initial_status", "new_webhook_id", "record_event", "record_events"]
+__all__ = ["initial_status", "new_webhook_id", "record_event", "record_events", "write_events"]
 
 
 def new_webhook_id() -> str:
@@ -52,6 +56,12 @@ def initial_status(*, ordered: bool, paused: bool, waits_behind_another: bool) -
 
 async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, MessageEvent]], *, signer: Signer,
                         now: float | None = None) -> list[int]:
+    """``write_events`` on an async connection."""
+    return await conn.run_sync(write_events, items, signer=signer, now=now)
+
+
+def write_events(conn: Connection, items: Sequence[tuple[int, MessageEvent]], *, signer: Signer,
+                 now: float | None = None) -> list[int]:
     """Writes each ``(org_id, event)`` and its deliveries; returns the event
     ids in the order given. Call inside a transaction."""
     if not items:
@@ -67,14 +77,13 @@ async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, Messag
         # writer holds the database lock), so the ids in ascending order are
         # the events in order; asking for sorted RETURNING rows would make
         # SQLAlchemy send one INSERT per event.
-        event_ids = sorted((await conn.execute(insert(events).returning(events.c.id), rows)).scalars())
+        event_ids = sorted((conn.execute(_INSERT_EVENTS, rows)).scalars())
     else:
-        event_ids = list((await conn.execute(
-            insert(events).returning(events.c.id, sort_by_parameter_order=True), rows)).scalars())
+        event_ids = list((conn.execute(_INSERT_EVENTS_IN_ORDER, rows)).scalars())
 
     subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
-    for config_id, org_id, event_type, paused, ordering in await configurations.subscribed(
-            conn, {org_id for org_id, _ in items}, {event.type for _, event in items}):
+    for config_id, org_id, event_type, paused, ordering in conn.execute(configurations.SUBSCRIBED, {
+            "org_ids": sorted({org_id for org_id, _ in items}), "event_types": sorted({event.type for _, event in items})}):
         subscribed[(org_id, event_type)].append((config_id, paused, ordering == BY_CONVERSATION))
     if not subscribed:
         return event_ids
@@ -83,10 +92,10 @@ async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, Messag
     for org_id, event in items:
         for config_id, _, _ in subscribed.get((org_id, event.type), ()):
             wanted[(config_id, event.payload.conversation.id)] += 1
-    next_number = await _take_sequences(conn, wanted)
+    next_number = _take_sequences(conn, wanted)
     # Ordered conversations that already have a delivery to finish: all of
     # this batch's deliveries in them wait; in the others, all but the first.
-    busy = await _with_unfinished(conn, [key for key, first in next_number.items() if first > 1])
+    busy = _with_unfinished(conn, [key for key, first in next_number.items() if first > 1])
 
     rows = []
     for event_id, (org_id, event), body in zip(event_ids, items, bodies):
@@ -107,13 +116,34 @@ async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, Messag
                 "sequence": sequence, "status": status, "attempt_count": 0,
                 "next_attempt_at": due, "created_at": created,
             })
-    await conn.execute(insert(deliveries), rows)
+    conn.execute(_INSERT_DELIVERIES, rows)
     if any(row["status"] == PENDING for row in rows):
-        await deliveries_written(conn)
+        mark_deliveries_written(conn)
     return event_ids
 
 
-async def _take_sequences(conn: AsyncConnection, wanted: Counter[tuple[int, int]]) -> dict[tuple[int, int], int]:
+def _upsert_sequences(dialect):
+    """Adds to each (configuration, conversation)'s last sequence number, or starts it."""
+    statement = dialect.insert(delivery_sequences)
+    return statement.on_conflict_do_update(
+        index_elements=[delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id],
+        set_={"last_sequence": delivery_sequences.c.last_sequence + statement.excluded.last_sequence},
+    ).returning(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id,
+                delivery_sequences.c.last_sequence)
+
+
+# The statements, built once: building one costs about as much as running it.
+_INSERT_EVENTS = insert(events).returning(events.c.id)
+_INSERT_EVENTS_IN_ORDER = insert(events).returning(events.c.id, sort_by_parameter_order=True)
+_INSERT_DELIVERIES = insert(deliveries)
+_UPSERT_SEQUENCES = {"postgresql": _upsert_sequences(postgresql), "sqlite": _upsert_sequences(sqlite)}
+_UNFINISHED_PAIRS = (
+    select(deliveries.c.webhook_config_id, deliveries.c.conversation_id).distinct()
+    .where(tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id).in_(bindparam("pairs", expanding=True)),
+           deliveries.c.status.in_(UNFINISHED)))
+
+
+def _take_sequences(conn: Connection, wanted: Counter[tuple[int, int]]) -> dict[tuple[int, int], int]:
     """Reserves ``wanted[key]`` consecutive sequence numbers for each
     (configuration, conversation); returns the first of each.
 
@@ -121,29 +151,20 @@ async def _take_sequences(conn: AsyncConnection, wanted: Counter[tuple[int, int]
     PostgreSQL never share a number; keys in a fixed order, so two writers
     lock the rows in the same order.
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(delivery_sequences)
-    statement = statement.on_conflict_do_update(
-        index_elements=[delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id],
-        set_={"last_sequence": delivery_sequences.c.last_sequence + statement.excluded.last_sequence},
-    ).returning(delivery_sequences.c.webhook_config_id, delivery_sequences.c.conversation_id,
-                delivery_sequences.c.last_sequence)
+    statement = _UPSERT_SEQUENCES["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     taken = {}
     rows = [{"webhook_config_id": config_id, "conversation_id": conversation_id, "last_sequence": wanted[(config_id, conversation_id)]}
             for config_id, conversation_id in sorted(wanted)]
-    for config_id, conversation_id, last in (await conn.execute(statement, rows)).all():
+    for config_id, conversation_id, last in (conn.execute(statement, rows)).all():
         taken[(config_id, conversation_id)] = last - wanted[(config_id, conversation_id)] + 1
     return taken
 
 
-async def _with_unfinished(conn: AsyncConnection, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+def _with_unfinished(conn: Connection, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
     """Which (configuration, conversation) pairs have a delivery still to finish."""
     if not keys:
         return set()
-    pair = tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id)
-    return {tuple(row) for row in (await conn.execute(
-        select(deliveries.c.webhook_config_id, deliveries.c.conversation_id).distinct()
-        .where(pair.in_(keys), deliveries.c.status.in_(UNFINISHED)))).all()}
+    return {tuple(row) for row in conn.execute(_UNFINISHED_PAIRS, {"pairs": keys}).all()}
 
 
 async def record_event(conn: AsyncConnection, *, org_id: int, event: MessageEvent, signer: Signer,

@@ -4,8 +4,9 @@ safety net for a lost wake-up.
 
 - On SQLite (one dispatcher per database, in the process that writes): a
   transaction that writes deliveries due now marks its connection
-  (``deliveries_written``); when it commits, the dispatchers watching that
-  engine (``on_commit``) are woken.
+  (``mark_deliveries_written``); when it commits, the dispatchers of this
+  process that sleep on that database (``on_commit``) are woken, whichever of
+  the process's engines for that file committed (``watch``).
 - On PostgreSQL, in one process or across many: the same transaction sends
   ``NOTIFY tidings_deliveries``, which PostgreSQL delivers once it has
   committed, to every dispatcher that listens (``listen``).
@@ -16,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["CHANNEL", "deliveries_written", "listen", "on_commit"]
+__all__ = ["CHANNEL", "deliveries_written", "listen", "mark_deliveries_written", "on_commit", "watch"]
 
 log = logging.getLogger("tidings.dispatcher")
 
@@ -29,39 +32,81 @@ CHANNEL = "tidings_deliveries"
 _WRITTEN = "tidings.deliveries_written"
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
 
+Sleeper = tuple[asyncio.AbstractEventLoop, Callable[[], None]]
+_sleepers: dict[str, set[Sleeper]] = {}  # database -> the dispatchers of this process that wait on it
+_sleepers_lock = threading.Lock()
 
-async def deliveries_written(conn: AsyncConnection) -> None:
+
+def mark_deliveries_written(conn: Connection) -> None:
     """Says, in ``conn``'s transaction, that it wrote deliveries that are due:
     dispatchers wake when it commits (once per transaction)."""
-    info = conn.sync_connection.info
+    info = conn.info
     if info.get(_WRITTEN):
         return
     info[_WRITTEN] = True
     if conn.dialect.name == "postgresql":
-        await conn.execute(_NOTIFY)  # delivered at commit, never for a rollback
+        conn.execute(_NOTIFY)  # delivered at commit, never for a rollback
+
+
+async def deliveries_written(conn: AsyncConnection) -> None:
+    """``mark_deliveries_written`` on an async connection."""
+    await conn.run_sync(mark_deliveries_written)
+
+
+def _database(engine: Engine) -> str:
+    return f"{engine.dialect.name}:{engine.url.database}"
+
+
+def _committed(connection: Connection) -> None:
+    if connection.info.pop(_WRITTEN, False):
+        ring(_database(connection.engine))
+
+
+def _rolled_back(connection: Connection) -> None:
+    connection.info.pop(_WRITTEN, None)
+
+
+def watch(engine: Engine | AsyncEngine) -> None:
+    """Rings the sleepers of ``engine``'s database when one of its transactions
+    that wrote deliveries commits (once per engine)."""
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    if not event.contains(sync_engine, "commit", _committed):
+        event.listen(sync_engine, "commit", _committed)
+        event.listen(sync_engine, "rollback", _rolled_back)
+
+
+def ring(database: str) -> None:
+    """Wakes every sleeper on ``database``, in its own event loop's thread."""
+    with _sleepers_lock:
+        sleepers = list(_sleepers.get(database, ()))
+    for loop, wake in sleepers:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(wake)
 
 
 def on_commit(engine: AsyncEngine, wake: Callable[[], None]) -> Callable[[], None]:
-    """Calls ``wake()`` when a transaction of ``engine`` that wrote deliveries
-    commits; returns the function that stops it.
+    """Calls ``wake()`` when a transaction that wrote deliveries commits on
+    ``engine``'s database, through any watched engine of this process;
+    returns the function that stops it.
 
-    SQLAlchemy says so just before the database commits: on SQLite the
-    dispatcher woken then waits for the writer's lock (``store.begin_write``,
-    or SQLite's own) and claims once the commit is done."""
-
-    def committed(connection) -> None:
-        if connection.info.pop(_WRITTEN, False):
-            wake()
-
-    def rolled_back(connection) -> None:
-        connection.info.pop(_WRITTEN, None)
-
-    event.listen(engine.sync_engine, "commit", committed)
-    event.listen(engine.sync_engine, "rollback", rolled_back)
+    SQLAlchemy says so just before the database commits: the dispatcher woken
+    then waits for the writer's lock (``store.engine.write_lock``, held until
+    the commit is done) and claims once it is."""
+    watch(engine)
+    sleeper = (asyncio.get_running_loop(), wake)
+    database = _database(engine.sync_engine)
+    with _sleepers_lock:
+        _sleepers.setdefault(database, set()).add(sleeper)
 
     def stop() -> None:
-        event.remove(engine.sync_engine, "commit", committed)
-        event.remove(engine.sync_engine, "rollback", rolled_back)
+        with _sleepers_lock:
+            _sleepers.get(database, set()).discard(sleeper)
 
     return stop
 
