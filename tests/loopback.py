@@ -199,3 +199,14 @@ def accepting(url: str) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+@contextlib.asynccontextmanager
+async def http_client(app: Any, *, timeout: float = 30.0, **options: Any) -> AsyncIterator[Any]:
+    """An ``httpx.AsyncClient`` talking to ``app`` over a real socket: the app on
+    uvicorn in this event loop, without its lifespan unless ``lifespan="on"`` is given."""
+    import httpx
+
+    options.setdefault("lifespan", "off")
+    async with serve_uvicorn(app, **options) as url, httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+        yield client

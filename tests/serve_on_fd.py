@@ -1,25 +1,26 @@
 """``python -m tests.serve_on_fd FD ARGUMENTS...``: runs ``tidings ARGUMENTS``
 with every uvicorn server it starts serving on the inherited listening
 socket ``FD`` rather than binding ``--host``/``--port`` itself (see
-``tests.loopback.command_on_socket``); multi-worker uvicorn shares it the same way."""
+``tests.loopback.command_on_socket``); uvicorn's worker processes get that
+socket as they would get one it bound."""
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import uvicorn
 
 
 def main() -> None:
-    descriptor = int(sys.argv[1])
-    original = uvicorn.Config.__init__
+    listening = socket.socket(fileno=int(sys.argv[1]))  # family and type read from the descriptor
+    serve = uvicorn.Server.serve
 
-    def on_descriptor(self, app, *args, **kwargs):
-        kwargs.pop("host", None)
-        kwargs.pop("port", None)
-        original(self, app, *args, fd=descriptor, **kwargs)
+    async def serve_on_inherited_socket(self, sockets=None):
+        await serve(self, sockets=sockets or [listening])
 
-    uvicorn.Config.__init__ = on_descriptor
+    uvicorn.Server.serve = serve_on_inherited_socket  # one process
+    uvicorn.Config.bind_socket = lambda self: listening  # a supervisor of worker processes
     sys.argv = ["tidings", *sys.argv[2:]]
     from tidings.cli import main as tidings
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select
 
-from tests.platform_support import free_port, running_platform, serve
+from tests.loopback import base_url, command_on_socket, loopback_socket, port_of
+from tests.platform_support import running_platform, serve
 from tidings.contract import MessageCreated, MessageUpdated, parse_event
 from tidings.contract.signing import Verifier, public_key_pem
 from tidings.platform.conversations import delivery_final_callback
@@ -23,7 +22,6 @@ from tidings.platform.dispatcher import Dispatcher
 from tidings.store.platform_tables import deliveries
 
 pytestmark = pytest.mark.timeout(240)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.asynccontextmanager
@@ -140,11 +138,11 @@ async def test_messages_and_replies_arrive_signed_and_parsed(db_url):
         assert mine & {("message_updated", "Success"), ("message_updated", "Failed")}
 
 
-def start_receiver(db_url: str, port: int, public_key: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tidings.cli", "receive", "--db", db_url, "--public-key", str(public_key),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+def start_receiver(db_url: str, sock, public_key: Path) -> subprocess.Popen:
+    """``tidings receive`` in a process of its own, serving on ``sock``."""
+    command, options = command_on_socket(sock, ["receive", "--db", db_url, "--public-key", str(public_key),
+                                                "--host", "127.0.0.1", "--port", str(port_of(sock))])
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **options)
 
 
 async def all_pages(session, url: str, key: str, headers=None, params=None) -> list[dict]:
@@ -166,10 +164,10 @@ async def test_a_thousand_messages_reach_the_receivers_inbox_as_the_platform_has
         tenant = await platform.tenant("Acme")
         key_file = tmp_path / "platform.pub.pem"
         key_file.write_bytes(public_key_pem(platform.signer.private_key.public_key()))
-        port = free_port()
+        listening = loopback_socket()
         receiver_db = f"sqlite:///{tmp_path / 'receiver.db'}"
-        receiver = start_receiver(receiver_db, port, key_file)
-        inbox = f"http://127.0.0.1:{port}"
+        receiver = start_receiver(receiver_db, listening, key_file)
+        inbox = base_url(listening)
         try:
             async def receiver_up():
                 with contextlib.suppress(aiohttp.ClientError):
@@ -236,3 +234,4 @@ async def test_a_thousand_messages_reach_the_receivers_inbox_as_the_platform_has
         finally:
             receiver.terminate()
             receiver.wait(20)
+            listening.close()

@@ -1,4 +1,4 @@
-"""What the receiver's tests share: keys, signed requests, servers on loopback.
+"""What the receiver's tests share: keys, signed requests, waiting for a condition.
 
 No tests here; the other ``test_receiver*`` modules import from it.
 """
@@ -6,14 +6,11 @@ No tests here; the other ``test_receiver*`` modules import from it.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 
 import httpx
-import uvicorn
 
 from tidings.contract.signing import Signer, Verifier, generate_private_key, public_key_pem
 
@@ -36,41 +33,6 @@ class Keys:
     def vendor_headers(self, body: bytes) -> dict[str, str]:
         """Only the vendor header, as the seed's platform sends it: no webhook-id."""
         return {"content-type": "application/json", self.signer.vendor_header: self.signer.vendor_signature(body)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerThread:
-    """An ASGI app served by uvicorn on 127.0.0.1 in a thread, with its lifespan."""
-
-    def __init__(self, app, lifespan: str = "on", **options) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning", access_log=False, **options
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):

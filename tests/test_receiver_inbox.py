@@ -11,7 +11,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_receiver_helpers import Keys, ServerThread, client, wait_until
+from tests.loopback import UvicornThread
+from tests.test_receiver_helpers import Keys, client, wait_until
 from tidings.contract import dump_event
 from tidings.contract.samples import SampleFactory
 from tidings.receiver.core import event_record
@@ -169,7 +170,7 @@ def test_update_before_create_leaves_the_message_success(db_url):
     conversation_id = created.payload.conversation.id
 
     svc = ReceiverService(ReceiverConfig(db_url=db_url, public_keys=[keys.public_pem], poll_interval=0.05))
-    with ServerThread(svc.app) as server, client(server.url) as http:
+    with UvicornThread(svc.app) as server, client(server.url) as http:
         assert http.post("/webhook", content=updated, headers=keys.headers(updated)).status_code == 200
 
         def status():

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tests.test_receiver_helpers import Keys, ServerThread, client, wait_until
+from tests.loopback import UvicornThread
+from tests.test_receiver_helpers import Keys, client, wait_until
 from tidings.cli import app
 from tidings.contract import dump_event, parse_event
 from tidings.contract.samples import SampleFactory
@@ -242,7 +243,7 @@ def test_the_header_is_kept_and_gaps_are_served_and_listed(sqlite_url):
     svc = ReceiverService(
         ReceiverConfig(db_url=sqlite_url, public_keys=[keys.public_pem], poll_interval=0.05, gap_wait=0.3)
     )
-    with ServerThread(svc.app) as server, client(server.url) as http:
+    with UvicornThread(svc.app) as server, client(server.url) as http:
         for body, header in [(bodies[0], "1"), (bodies[2], "3"), (bodies[1], "not a number")]:
             answer = http.post("/webhook", content=body, headers={**keys.headers(body), "X-Tidings-Sequence": header})
             assert answer.status_code == 200

@@ -7,11 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import httpx
 
-from tests.test_receiver_helpers import Keys, free_port, wait_until
+from tests.loopback import base_url, command_on_socket, loopback_socket, port_of
+from tests.test_receiver_helpers import Keys, wait_until
 from tidings.contract import dump_event
 from tidings.contract.samples import SampleFactory
 
@@ -28,17 +28,16 @@ def test_the_command_stores_projects_and_runs_handlers(tmp_path):
         "        out.write(json.dumps({'id': event.id, 'pid': os.getpid()}) + '\\n')\n"
     )
     jsonl = tmp_path / "new-messages.jsonl"
-    port = free_port()
-    command = [
-        sys.executable, "-c", "from tidings.cli import main; main()", "receive",
-        "--db", f"sqlite:///{tmp_path / 'receiver.db'}", "--public-key", str(key_file), "--port", str(port),
-        "--workers", "2", "--handler", "shop_hooks:remember", "--jsonl", str(jsonl),
+    listening = loopback_socket()
+    command, options = command_on_socket(listening, [
+        "receive", "--db", f"sqlite:///{tmp_path / 'receiver.db'}", "--public-key", str(key_file),
+        "--port", str(port_of(listening)), "--workers", "2", "--handler", "shop_hooks:remember", "--jsonl", str(jsonl),
         "--on", "message_created", "--where", "sender_type=Consumer", "--where", "status=Success",
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ])
+    options["env"]["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{options['env']['PYTHONPATH']}"
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **options)
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = base_url(listening)
 
         def up():
             try:
@@ -73,3 +72,4 @@ def test_the_command_stores_projects_and_runs_handlers(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        listening.close()

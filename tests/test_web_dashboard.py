@@ -1,9 +1,10 @@
-"""The dashboard over HTTP, on both engines: signing in, what each
+"""The dashboard over HTTP on 127.0.0.1, on both engines: signing in, what each
 organization sees, the filters, the health figures, the actions and the
 live-update stream. (The browser tests drive the same pages in chromium.)"""
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import re
 import time
@@ -28,6 +29,7 @@ from tidings.web.dashboard import mount_dashboard
 from tidings.web.dashboard_queries import DeliveryFilter
 from tidings.web.session import KEY_COOKIE, ORG_COOKIE
 from tests.browser.servers import Endpoint
+from tests.loopback import HOST, http_client
 
 NOW = datetime.now(UTC)
 MAY_FIRST_NOON = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -62,13 +64,15 @@ class Dashboard:
         mount_dashboard(self.app)
         self.samples = SampleFactory(11)
 
-    def client(self, org: Org | None = None, **cookies: str) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://dash.test")
-        if org is not None:
-            client.cookies.set(KEY_COOKIE, org.key, domain="dash.test", path="/dashboard")
-        for name, value in cookies.items():
-            client.cookies.set(name, value, domain="dash.test", path="/dashboard")
-        return client
+    @contextlib.asynccontextmanager
+    async def client(self, org: Org | None = None, **cookies: str):
+        """An HTTP client of the dashboard over a real socket on 127.0.0.1, signed in as ``org``."""
+        async with http_client(self.app) as client:
+            if org is not None:
+                client.cookies.set(KEY_COOKIE, org.key, domain=HOST, path="/dashboard")
+            for name, value in cookies.items():
+                client.cookies.set(name, value, domain=HOST, path="/dashboard")
+            yield client
 
     async def org(self, name: str, events: int = 3, url: str = "https://hooks.example.com/in") -> Org:
         async with self.engine.begin() as conn:

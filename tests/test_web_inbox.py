@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import orjson
 import pytest
 
@@ -16,18 +15,20 @@ from tidings.contract.samples import SampleFactory
 from tidings.receiver.handlers import Handlers
 from tidings.web import inbox_queries, live
 from tests.browser.servers import ReceiverServer, message_event
+from tests.loopback import http_client
 
 
 class Inbox:
-    """A receiver with the inbox mounted, driven step by step, without a socket."""
+    """A receiver with the inbox mounted, driven step by step; its pages are read over a real socket."""
 
     def __init__(self, db_url: str, handlers: Handlers | None = None) -> None:
         self.server = ReceiverServer(db_url, handlers)
         self.service = self.server.service
         self.samples = SampleFactory(21)
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.server.api), base_url="http://inbox.test")
+    def client(self):
+        """An HTTP client of the inbox over a real socket on 127.0.0.1 (``async with``)."""
+        return http_client(self.server.api)
 
     def receive(self, body: bytes) -> None:
         answer = self.service.receiver.handle_sync(body, self.server.signed(body))
