@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -126,3 +127,57 @@ def test_a_process_that_stops_hands_the_lease_to_this_one(db_url):
     finally:
         holder.stop()
         mine.release()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_an_in_memory_database_has_one_process_only_so_every_lease_holds_it(url):
+    first, second = BackgroundLease(url), BackgroundLease(url)
+    standard = {descriptor: os.dup(descriptor) for descriptor in (0, 1, 2)}
+    try:
+        assert first.try_acquire() is True and second.try_acquire() is True
+        assert first.held and second.held
+        first.release()
+        second.release()
+        for descriptor in standard:
+            os.fstat(descriptor)  # releasing closed no descriptor of this process (there is no file to close)
+        assert not first.held and not second.held
+    finally:
+        for descriptor, copy in standard.items():
+            os.dup2(copy, descriptor)
+            os.close(copy)
+
+
+def test_a_database_named_relative_to_the_working_directory_is_locked_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = BackgroundLease("sqlite:///receiver.db"), BackgroundLease("sqlite:///receiver.db")
+    try:
+        assert first.try_acquire() and not second.try_acquire()
+        assert (tmp_path / "receiver.db.background-lease").exists()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_the_sqlite_lease_file_is_private_to_its_owner(tmp_path):
+    lease = BackgroundLease(f"sqlite:///{tmp_path / 'receiver.db'}")
+    try:
+        assert lease.try_acquire()
+        (lease_file,) = tmp_path.glob("*.background-lease")
+        assert stat.S_IMODE(lease_file.stat().st_mode) == 0o600
+    finally:
+        lease.release()
+
+
+def test_the_postgresql_lease_holds_no_transaction_open(postgres_url):
+    """A session lock, not a transaction: an idle transaction would hold back vacuum for as long as the lease."""
+    import psycopg
+
+    lease = BackgroundLease(postgres_url)
+    try:
+        assert lease.try_acquire()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            states = [row[0] for row in conn.execute(
+                "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        assert states == ["idle"]
+    finally:
+        lease.release()

@@ -1,11 +1,23 @@
-"""``python tests/mutations/survivors.py SESSION.sqlite``: the mutants of a
-cosmic-ray session that no test killed, one line each (``file:line: old -> new``),
-sorted by line, for docs/MUTATION.md."""
+"""The mutants of a cosmic-ray session that no test killed (docs/MUTATION.md).
+
+    python tests/mutations/survivors.py SESSION.sqlite
+        one line each, ``file:line: old -> new (operator)``, sorted by line
+
+    python tests/mutations/survivors.py SESSION.sqlite --rerun CONFIG.toml
+        applies each survivor again (``patch``) in the current directory, a
+        scratch copy, runs CONFIG's test command, undoes it, and says which
+        survive the tests as they are now (after tests were added to kill them)
+"""
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import sqlite3
-import sys
+import subprocess
+import tomllib
+
+from skip_annotations import annotation_spans  # this script's folder is on sys.path
 
 
 def changed_lines(diff: str) -> tuple[str, str]:
@@ -14,21 +26,59 @@ def changed_lines(diff: str) -> tuple[str, str]:
     return " / ".join(removed), " / ".join(added)
 
 
-def main() -> None:
-    session = sqlite3.connect(sys.argv[1])
+def survivors(session_path: str) -> list[tuple[str, int, str, str]]:
+    """The survivors, without those inside annotations (equivalent: see skip_annotations.py)."""
+    session = sqlite3.connect(session_path)
     rows = session.execute(
-        "SELECT s.module_path, s.start_pos_row, s.operator_name, r.diff, r.test_outcome, r.worker_outcome "
-        "FROM mutation_specs s JOIN work_results r ON r.job_id = s.job_id "
-        "WHERE r.test_outcome = 'SURVIVED' OR r.worker_outcome != 'NORMAL' ORDER BY s.module_path, s.start_pos_row")
-    total = session.execute("SELECT count(*) FROM work_items").fetchone()[0]
-    done = session.execute("SELECT count(*) FROM work_results").fetchone()[0]
-    survivors = 0
-    for path, row, operator, diff, test_outcome, worker_outcome in rows:
-        old, new = changed_lines(diff or "")
-        outcome = "" if worker_outcome == "NORMAL" else f" [{worker_outcome}]"
-        print(f"{path}:{row}: {old}  ->  {new}  ({operator.rsplit('/', 1)[-1]}){outcome}")
-        survivors += 1
-    print(f"# {survivors} survivors of {done} mutants run ({total} in the session)")
+        "SELECT s.module_path, s.start_pos_row, s.start_pos_col, s.end_pos_row, s.end_pos_col, s.operator_name, "
+        "r.diff FROM mutation_specs s JOIN work_results r ON r.job_id = s.job_id "
+        "WHERE (r.test_outcome = 'SURVIVED' OR r.worker_outcome NOT IN ('NORMAL', 'SKIPPED')) "
+        "ORDER BY s.module_path, s.start_pos_row")
+    found, spans = [], {}
+    for path, row, col, end_row, end_col, operator, diff in rows:
+        if path not in spans:
+            with open(path) as module:
+                spans[path] = annotation_spans(module.read())
+        if not any(low <= (row, col) and (end_row, end_col) <= high for low, high in spans[path]):
+            found.append((path, row, operator, diff))
+    return found
+
+
+def describe(path: str, row: int, operator: str, diff: str) -> str:
+    old, new = changed_lines(diff or "")
+    return f"{path}:{row}: {old}  ->  {new}  ({operator.rsplit('/', 1)[-1]})"
+
+
+def rerun(found: list[tuple[str, int, str, str]], config_path: str) -> int:
+    with open(config_path, "rb") as config:
+        command = shlex.split(tomllib.load(config)["cosmic-ray"]["test-command"])
+    surviving = 0
+    for path, row, operator, diff in found:
+        diff = diff if diff.endswith("\n") else diff + "\n"
+        subprocess.run(["patch", "-p1", "--quiet"], input=diff, text=True, check=True)
+        try:
+            code = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        finally:
+            subprocess.run(["patch", "-p1", "-R", "--quiet"], input=diff, text=True, check=True)
+        verdict = {0: "SURVIVED", 1: "killed"}.get(code, f"error {code}")
+        surviving += verdict != "killed"
+        print(f"{verdict:9} {describe(path, row, operator, diff)}", flush=True)
+    print(f"# {surviving} of {len(found)} earlier survivors survive the tests as they are now")
+    return surviving
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("session")
+    parser.add_argument("--rerun", metavar="CONFIG", help="the session's cosmic-ray configuration")
+    options = parser.parse_args()
+    found = survivors(options.session)
+    if options.rerun:
+        rerun(found, options.rerun)
+        return
+    for mutant in found:
+        print(describe(*mutant))
+    print(f"# {len(found)} survivors")
 
 
 if __name__ == "__main__":
