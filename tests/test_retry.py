@@ -161,3 +161,9 @@ def test_policies_results_and_decisions_cannot_change(value):
     field_name = next(iter(dataclasses.fields(value))).name
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(value, field_name, None)
+
+
+def test_an_attempt_beyond_a_budget_lowered_meanwhile_is_final():
+    """A delivery on its 5th attempt when the operator lowered max_retries to 2 stops now, not never."""
+    decision = decide(status(500), 5, RetryPolicy(max_retries=2, base=1.0), NOW)
+    assert decision.outcome is Outcome.FAILED and decision.reason == "answered 500; gave up after 5 attempts"

@@ -4,7 +4,7 @@
         one line each, ``file:line: old -> new (operator)``, sorted by line
 
     python tests/mutations/survivors.py SESSION.sqlite --rerun CONFIG.toml
-        applies each survivor again (``patch``) in the current directory, a
+        applies each survivor again (``cosmic-ray apply``) in the current directory, a
         scratch copy, runs CONFIG's test command, undoes it, and says which
         survive the tests as they are now (after tests were added to kill them)
 """
@@ -31,20 +31,20 @@ def survivors(session_path: str) -> list[tuple[str, int, str, str]]:
     session = sqlite3.connect(session_path)
     rows = session.execute(
         "SELECT s.module_path, s.start_pos_row, s.start_pos_col, s.end_pos_row, s.end_pos_col, s.operator_name, "
-        "r.diff FROM mutation_specs s JOIN work_results r ON r.job_id = s.job_id "
+        "s.occurrence, r.diff FROM mutation_specs s JOIN work_results r ON r.job_id = s.job_id "
         "WHERE (r.test_outcome = 'SURVIVED' OR r.worker_outcome NOT IN ('NORMAL', 'SKIPPED')) "
         "ORDER BY s.module_path, s.start_pos_row")
     found, spans = [], {}
-    for path, row, col, end_row, end_col, operator, diff in rows:
+    for path, row, col, end_row, end_col, operator, occurrence, diff in rows:
         if path not in spans:
             with open(path) as module:
                 spans[path] = annotation_spans(module.read())
         if not any(low <= (row, col) and (end_row, end_col) <= high for low, high in spans[path]):
-            found.append((path, row, operator, diff))
+            found.append((path, row, operator, diff, occurrence))
     return found
 
 
-def describe(path: str, row: int, operator: str, diff: str) -> str:
+def describe(path: str, row: int, operator: str, diff: str, _occurrence: int = 0) -> str:
     old, new = changed_lines(diff or "")
     return f"{path}:{row}: {old}  ->  {new}  ({operator.rsplit('/', 1)[-1]})"
 
@@ -53,13 +53,16 @@ def rerun(found: list[tuple[str, int, str, str]], config_path: str) -> int:
     with open(config_path, "rb") as config:
         command = shlex.split(tomllib.load(config)["cosmic-ray"]["test-command"])
     surviving = 0
-    for path, row, operator, diff in found:
-        diff = diff if diff.endswith("\n") else diff + "\n"
-        subprocess.run(["patch", "-p1", "--quiet"], input=diff, text=True, check=True)
+    for path, row, operator, diff, occurrence in found:
+        with open(path, "rb") as module:
+            original = module.read()
+        # cosmic-ray's own ``apply`` makes the mutant (its stored diffs do not always apply with patch).
+        subprocess.run(["cosmic-ray", "apply", path, operator, str(occurrence)], check=True)
         try:
             code = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
         finally:
-            subprocess.run(["patch", "-p1", "-R", "--quiet"], input=diff, text=True, check=True)
+            with open(path, "wb") as module:
+                module.write(original)
         verdict = {0: "SURVIVED", 1: "killed"}.get(code, f"error {code}")
         surviving += verdict != "killed"
         print(f"{verdict:9} {describe(path, row, operator, diff)}", flush=True)
