@@ -172,11 +172,13 @@ async def rows_when(engine, condition, timeout: float = 90.0) -> list:
         await asyncio.sleep(0.1)
 
 
-async def waiting_lock_requests(conn) -> int:
-    """PostgreSQL: how many sessions of this database wait for a lock another transaction holds."""
-    return (await conn.execute(text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    ))).scalar_one()
+async def waiting_lock_requests(engine) -> int:
+    """PostgreSQL: how many sessions of this database wait for a lock another transaction holds (read
+    in a transaction of its own: within one, pg_stat_activity keeps showing what it showed first)."""
+    async with engine.connect() as conn:
+        return (await conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ))).scalar_one()
 
 
 async def test_a_stuck_conversation_holds_back_only_its_own_events(db_url):
@@ -323,7 +325,7 @@ async def test_a_promotion_waits_for_a_writer_adding_to_its_conversation(postgre
             promotion = asyncio.create_task(finish_head())
             # The promotion waits for the writer: a lock request of this database is seen waiting.
             deadline = time.monotonic() + 10
-            while await waiting_lock_requests(writer) == 0:
+            while await waiting_lock_requests(engine) == 0:
                 assert not promotion.done(), "the promotion went on without waiting for the writer"
                 assert time.monotonic() < deadline, "the promotion never waited for a lock"
                 await asyncio.sleep(0.02)
