@@ -177,7 +177,8 @@ def test_the_postgresql_lease_holds_no_transaction_open(postgres_url):
         assert lease.try_acquire()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             states = [row[0] for row in conn.execute(
-                "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+                "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'")]
         assert states == ["idle"]
     finally:
         lease.release()

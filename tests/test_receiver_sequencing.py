@@ -112,6 +112,32 @@ def test_holes_name_each_missing_range_since_the_first_event_held_past_it():
     assert holes(8, held) == []
 
 
+def test_the_largest_sequence_is_the_largest_bigint():
+    assert parse_sequence(str(2**63 - 1)) == 2**63 - 1
+    assert parse_sequence(str(2**63)) is None
+
+
+def test_a_number_without_a_key_is_not_sequenced_and_keeps_its_log_place():
+    """Events numbered but of no conversation (no key) are not sorted among themselves."""
+    arrivals = [Arrival(1, None, 5), Arrival(2, None, 3), Arrival(3, KEY, None), Arrival(4, KEY, 2)]
+    assert plan_batch(arrivals, {KEY: 1}, [], 0.0, 30.0).applied == [1, 2, 3, 4]
+
+
+def test_a_held_event_whose_number_was_passed_meanwhile_goes_with_the_next_arrival():
+    stale = Held(9, KEY, 4, 0.0)  # held at 4, and the key's last applied is 5 by now
+    plan = plan_batch([Arrival(10, KEY, 6)], {KEY: 5}, [stale], 1.0, 30.0)
+    assert plan.applied == [10, 9] and plan.released == [9] and plan.last_applied == {KEY: 6}
+
+
+def test_a_key_given_up_on_releases_its_held_and_another_key_keeps_waiting():
+    other = (7, "message_updated", 43)
+    long_held = Held(5, KEY, 5, 0.0)  # waited past the bound
+    plan = plan_batch([Arrival(20, KEY, 7), Arrival(30, other, 9)], {KEY: 1, other: 1}, [long_held], 100.0, 30.0)
+    assert plan.applied == [5, 20] and plan.released == [5]
+    assert [(h.event_id, h.sequence) for h in plan.held] == [(30, 9)]  # newly held, and still held
+    assert plan.last_applied == {KEY: 7}
+
+
 # ---------------------------------------------------------------- the projection, both engines
 
 
