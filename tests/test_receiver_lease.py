@@ -182,3 +182,23 @@ def test_the_postgresql_lease_holds_no_transaction_open(postgres_url):
         assert states == ["idle"]
     finally:
         lease.release()
+
+
+def test_holding_the_lease_does_not_stop_other_sessions_appending_to_the_log(postgres_url):
+    """The lease and the log's append lock are two advisory locks: a lease holder never blocks the
+    request workers' commits. Killed by giving the lease the append lock's key."""
+    from sqlalchemy import text
+
+    from tidings.receiver.log import EventLog
+
+    log = EventLog(postgres_url)
+    log.create_schema()
+    lease = BackgroundLease(postgres_url)
+    try:
+        assert lease.try_acquire()
+        with log.transaction() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait for the lease's lock fails, not hangs
+            log.lock_appends(conn)
+    finally:
+        lease.release()
+        log.dispose()
