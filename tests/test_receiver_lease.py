@@ -202,3 +202,18 @@ def test_holding_the_lease_does_not_stop_other_sessions_appending_to_the_log(pos
     finally:
         lease.release()
         log.dispose()
+
+
+def test_a_process_without_standard_input_releases_its_lease_file_too(tmp_path):
+    """With descriptor 0 closed, the lease file gets descriptor 0: releasing must close it all the same."""
+    script = (
+        "import os, sys\n"
+        "from tidings.receiver.lease import BackgroundLease\n"
+        "os.close(0)\n"
+        "first = BackgroundLease(sys.argv[1])\n"
+        "assert first.try_acquire()\n"
+        "first.release()\n"
+        "print(BackgroundLease(sys.argv[1]).try_acquire())\n")
+    done = subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path / 'receiver.db'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "True", done.stderr
