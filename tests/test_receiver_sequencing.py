@@ -4,11 +4,13 @@ and the header, /gaps and ``tidings receiver gaps`` end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -21,7 +23,7 @@ from tidings.contract.samples import SampleFactory
 from tidings.receiver.core import event_record
 from tidings.receiver.inbox import InboxProjector, get_conversation, list_gaps
 from tidings.receiver.log import EventLog
-from tidings.receiver.sequencing import APPLY, HOLD, Arrival, Held, holes, parse_sequence, placement, plan_batch
+from tidings.receiver.sequencing import APPLY, HOLD, Arrival, Gap, Held, holes, parse_sequence, placement, plan_batch
 from tidings.receiver.service import ReceiverConfig, ReceiverService
 from tidings.store.receiver_tables import receiver_held_events, receiver_sequence_keys
 
@@ -136,6 +138,13 @@ def test_a_key_given_up_on_releases_its_held_and_another_key_keeps_waiting():
     assert plan.applied == [5, 20] and plan.released == [5]
     assert [(h.event_id, h.sequence) for h in plan.held] == [(30, 9)]  # newly held, and still held
     assert plan.last_applied == {KEY: 7}
+
+
+@pytest.mark.parametrize("value", [Arrival(1, KEY, 2), Held(1, KEY, 2, 0.0), Gap(KEY, 2, 3, 0.0)])
+def test_what_the_sequencer_passes_around_cannot_change(value):
+    """A plan shares its Held values with the caller's list: neither side may change them under the other."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        value.key = None
 
 
 # ---------------------------------------------------------------- the projection, both engines
