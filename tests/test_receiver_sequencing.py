@@ -131,12 +131,14 @@ def test_a_held_event_whose_number_was_passed_meanwhile_goes_with_the_next_arriv
     assert plan.applied == [10, 9] and plan.released == [9] and plan.last_applied == {KEY: 6}
 
 
-def test_a_key_given_up_on_releases_its_held_and_another_key_keeps_waiting():
-    other = (7, "message_updated", 43)
+def test_a_key_given_up_on_releases_its_held_and_other_keys_keep_waiting():
+    before, after = (7, "message_updated", 41), (7, "message_updated", 43)
     long_held = Held(5, KEY, 5, 0.0)  # waited past the bound
-    plan = plan_batch([Arrival(20, KEY, 7), Arrival(30, other, 9)], {KEY: 1, other: 1}, [long_held], 100.0, 30.0)
+    arrivals = [Arrival(15, before, 9), Arrival(20, KEY, 7), Arrival(30, after, 9)]
+    plan = plan_batch(arrivals, {KEY: 1, before: 1, after: 1}, [long_held], 100.0, 30.0)
     assert plan.applied == [5, 20] and plan.released == [5]
-    assert [(h.event_id, h.sequence) for h in plan.held] == [(30, 9)]  # newly held, and still held
+    # newly held on either side of the one released with its key, and still held
+    assert [(h.event_id, h.sequence) for h in plan.held] == [(15, 9), (30, 9)]
     assert plan.last_applied == {KEY: 7}
 
 
