@@ -14,6 +14,7 @@ from aiohttp import web
 from sqlalchemy import func, insert, select
 
 import tidings.store.all_tables  # noqa: F401  (registers every table)
+from tests.loopback import serve_aiohttp
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import Signer, generate_private_key, generate_secret
 from tidings.platform.deliveries.outbox import record_event
@@ -151,15 +152,9 @@ async def scripted_endpoint(**scripts: list):
     endpoint = ScriptedEndpoint({f"/{name}": script for name, script in scripts.items()})
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", endpoint._handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    endpoint.port = runner.addresses[0][1]
-    try:
+    async with serve_aiohttp(app) as url:
+        endpoint.port = int(url.rsplit(":", 1)[1])
         yield endpoint
-    finally:
-        await runner.cleanup()
 
 
 def bulk_pending(url: str, target: str, count: int, signer: Signer) -> None:

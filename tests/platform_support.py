@@ -3,16 +3,13 @@ platform (engine, signer, app), tenants, and a real uvicorn server on loopback."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx
-import uvicorn
 from sqlalchemy import func, select
 
+from tests.loopback import UvicornThread, http_client, serve_uvicorn
 from tidings.contract.signing import Signer, generate_private_key
 from tidings.platform import tenants
 from tidings.platform.api.app import create_app
@@ -82,8 +79,9 @@ class Platform:
             readonly_id = await tenants.create_custom_channel(conn, org_id, f"{name} feed", is_readonly=True)
         return Tenant(org_id, key, business_id, channel_id, readonly_id)
 
-    def client(self, base_url: str = "http://platform.test") -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=base_url)
+    def client(self):
+        """An HTTP client of the app over a real socket on 127.0.0.1 (``async with``)."""
+        return http_client(self.app)
 
     async def count(self, table, *where) -> int:
         async with self.engine.connect() as conn:
@@ -116,50 +114,13 @@ def with_settings(platform: Platform, **changes: Any) -> Platform:
     return Platform(replace(platform.context, settings=settings), partner_seed=platform.partner_seed)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.asynccontextmanager
-async def serve(app, *, timeout: float = 10.0):
-    """Serves ``app`` with uvicorn on 127.0.0.1 in this event loop; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not server.started:
-        if task.done():
-            task.result()  # raises why it stopped
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("uvicorn did not start")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout)
+# Servers on a socket they hold from bind to close (tests/loopback.py).
+serve = serve_uvicorn
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, *, timeout: float = 10.0):
+def serve_in_thread(app, **options):
     """Serves ``app`` with uvicorn on 127.0.0.1 in a thread of its own (for
     synchronous callers); yields the base URL."""
-    import threading
-    import time
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
+    with UvicornThread(app, **options) as server:
+        yield server.url

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from tidings.platform.circuit import CircuitBreaker, CircuitPolicy, CircuitState
 
 POLICY = CircuitPolicy(failure_threshold=3, cooldown=10.0, max_cooldown=25.0)
@@ -56,3 +60,37 @@ def test_failures_while_open_change_nothing():
     for _ in range(10):
         breaker.record_failure(5.0)
     assert breaker.opened_until == 10.0
+
+
+def test_a_new_breaker_stays_closed_until_the_threshold():
+    breaker = CircuitBreaker(POLICY)
+    breaker.record_failure(0)
+    breaker.record_failure(0)
+    assert breaker.state is CircuitState.CLOSED and breaker.failures == 2 and breaker.allows(0)
+    breaker.record_failure(0)
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_a_request_after_the_cooldown_not_only_at_its_end_gets_the_trial():
+    breaker = opened()
+    assert not breaker.allows(9.99)
+    assert breaker.allows(17.5) and breaker.state is CircuitState.HALF_OPEN
+
+
+def test_a_threshold_beyond_small_numbers_opens_the_circuit_too():
+    breaker = CircuitBreaker(CircuitPolicy(failure_threshold=300, cooldown=1.0))
+    for _ in range(299):
+        breaker.record_failure(0)
+    assert breaker.state is CircuitState.CLOSED
+    breaker.record_failure(0)
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_the_default_policy_opens_after_5_failures_for_5_seconds_up_to_300():
+    assert (CircuitPolicy().failure_threshold, CircuitPolicy().cooldown, CircuitPolicy().max_cooldown) == (5, 5.0, 300.0)
+
+
+def test_a_policy_shared_by_breakers_cannot_be_changed_through_one_of_them():
+    breaker = CircuitBreaker(POLICY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        breaker.policy.failure_threshold = 1

@@ -464,7 +464,9 @@ async def test_a_stopped_dispatcher_hands_back_what_it_claimed_and_leaves(sqlite
         dispatcher = Dispatcher(engine, signer, settings)
         stop = asyncio.Event()
         running = asyncio.create_task(dispatcher.run(stop))
+        deadline = time.monotonic() + 10
         while len(endpoint.received) < 2:
+            assert time.monotonic() < deadline and not running.done(), "no request within 10 s"
             await asyncio.sleep(0.01)
         stop.set()
         await asyncio.wait_for(running, 10)

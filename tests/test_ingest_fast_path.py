@@ -12,8 +12,8 @@ import sqlite3
 import pytest
 from sqlalchemy import insert, select
 
-from tests.platform_support import create_schema, free_port, platform_settings
-from tests.test_receiver_helpers import ServerThread
+from tests.platform_support import create_schema, platform_settings
+from tests.loopback import UvicornThread, loopback_socket, port_of, uvicorn_serves_on
 from tidings.contract import utcnow
 from tidings.contract.signing import Signer, generate_private_key, generate_secret
 from tidings.platform import tenants
@@ -211,7 +211,7 @@ def test_the_fast_path_answers_as_the_fastapi_route(tmp_path, fast_path_use):
         twin(source, str(tmp_path / f"{name}.db"))
     answers = {}
     for name, http in (("plain", "httptools"), ("fast", IngestHttpProtocol)):
-        with ServerThread(platform_app(f"sqlite:///{tmp_path / name}.db"), http=http) as server:
+        with UvicornThread(platform_app(f"sqlite:///{tmp_path / name}.db"), http=http) as server:
             answers[name] = [(what, ask(server.port, raw)) for what, raw in cases(ids)]
 
     for (what, plain), (_, fast) in zip(answers["plain"], answers["fast"]):
@@ -246,7 +246,7 @@ def test_keep_alive_pipelining_and_continue(tmp_path, fast_path_use):
     ids = build_database(url)
     chat = f"/v2/custom-channels/{ids['chat']}/messages"
     as_a = {"x-APIKey": ids["key_a"], "Content-Type": "application/json"}
-    with ServerThread(platform_app(url), http=IngestHttpProtocol) as server:
+    with UvicornThread(platform_app(url), http=IngestHttpProtocol) as server:
         assert ask(server.port, request(chat, message(ids, "k", "first"), as_a))[0] == 200  # the key is known now
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             buffer = bytearray()
@@ -286,7 +286,7 @@ def test_large_and_chunked_bodies_go_to_fastapi(tmp_path, fast_path_use):
     ids = build_database(url)
     chat = f"/v2/custom-channels/{ids['chat']}/messages"
     as_a = {"x-APIKey": ids["key_a"], "Content-Type": "application/json"}
-    with ServerThread(platform_app(url), http=IngestHttpProtocol) as server:
+    with UvicornThread(platform_app(url), http=IngestHttpProtocol) as server:
         assert ask(server.port, request(chat, message(ids, "k", "first"), as_a))[0] == 200
         padded = message(ids, "k", "large")[:-1] + b" " * fast_ingest.MAX_FAST_BODY + b"}"
         assert ask(server.port, request(chat, padded, as_a))[0] == 200
@@ -322,17 +322,22 @@ async def test_tidings_serve_answers_ingestion_on_the_fast_path(tmp_path, fast_p
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     ids = await asyncio.to_thread(build_database, url)
     assert http_protocol() == "tidings.platform.api.fast_ingest:IngestHttpProtocol"
-    port, ready, stop = free_port(), asyncio.Event(), asyncio.Event()
-    serving = asyncio.create_task(run_platform(platform_settings(url), Signer(generate_private_key()), host="127.0.0.1",
-                                               port=port, with_dispatcher=False, ready=ready, stop=stop))
-    try:
-        await asyncio.wait_for(ready.wait(), 20)
-        chat = f"/v2/custom-channels/{ids['chat']}/messages"
-        as_a = {"x-APIKey": ids["key_a"], "Content-Type": "application/json"}
-        answers = [await asyncio.to_thread(ask, port, request(chat, message(ids, "s", f"m{n}"), as_a)) for n in range(3)]
-    finally:
-        stop.set()
-        await asyncio.wait_for(serving, 20)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    # run_platform binds a host and a port: its uvicorn is handed a socket held from bind to close instead.
+    with loopback_socket() as sock, uvicorn_serves_on(sock):
+        port = port_of(sock)
+        serving = asyncio.create_task(run_platform(platform_settings(url), Signer(generate_private_key()),
+                                                   host="127.0.0.1", port=port, with_dispatcher=False, ready=ready,
+                                                   stop=stop))
+        try:
+            await asyncio.wait_for(ready.wait(), 20)
+            chat = f"/v2/custom-channels/{ids['chat']}/messages"
+            as_a = {"x-APIKey": ids["key_a"], "Content-Type": "application/json"}
+            answers = [await asyncio.to_thread(ask, port, request(chat, message(ids, "s", f"m{n}"), as_a))
+                       for n in range(3)]
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 20)
     assert [answer[0] for answer in answers] == [200, 200, 200]
     assert fast_path_use["answered"] == 2  # the first request made the key known
 

@@ -15,13 +15,13 @@ import ssl
 import time
 
 import pytest
-import uvicorn
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.loopback import serve_uvicorn
 from tidings.platform.transport import lean as lean_transport
 from tidings.platform.transport.guard import TargetPolicy
 from tidings.platform.transport.lean import DRAIN_LIMIT, EXCERPT_BYTES, LeanTransport
@@ -141,20 +141,8 @@ async def uvicorn_server(http: str):
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan="off",
-                                           log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), task.exception()
-        await asyncio.sleep(0.01)
-    try:
-        yield seen, port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with serve_uvicorn(app, http=http, lifespan="off") as url:
+        yield seen, int(url.rsplit(":", 1)[1])
 
 
 @contextlib.asynccontextmanager

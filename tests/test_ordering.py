@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from aiohttp import web
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from tests.dispatcher_support import add_configuration, add_organization, database, fast_settings, new_signer
 from tidings.contract.samples import SampleFactory
@@ -181,6 +181,15 @@ async def rows_when(engine, condition, timeout: float = 90.0) -> list:
         await asyncio.sleep(0.1)
 
 
+async def waiting_lock_requests(engine) -> int:
+    """PostgreSQL: how many sessions of this database wait for a lock another transaction holds (read
+    in a transaction of its own: within one, pg_stat_activity keeps showing what it showed first)."""
+    async with engine.connect() as conn:
+        return (await conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ))).scalar_one()
+
+
 async def test_a_stuck_conversation_holds_back_only_its_own_events(db_url):
     signer = new_signer()
     stuck = 10_000
@@ -322,8 +331,13 @@ async def test_a_promotion_waits_for_a_writer_adding_to_its_conversation(postgre
                                                    time.time())
 
             promotion = asyncio.create_task(finish_head())
-            await asyncio.sleep(0.5)
-            assert not promotion.done()  # waiting for the writer
+            # The promotion waits for the writer: a lock request of this database is seen waiting.
+            deadline = time.monotonic() + 10
+            while await waiting_lock_requests(engine) == 0:
+                assert not promotion.done(), "the promotion went on without waiting for the writer"
+                assert time.monotonic() < deadline, "the promotion never waited for a lock"
+                await asyncio.sleep(0.02)
+            assert not promotion.done()
             await writer.commit()
         claimed = await asyncio.wait_for(promotion, 10)
         assert [row.sequence for row in claimed] == [2]

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+from tests.loopback import UvicornThread
 from tests.test_receiver_helpers import Keys, ServedReceiver, ServerThread, post, wait_until
 from tidings.contract import EventError, dump_event, parse_event
 from tidings.contract.samples import SampleFactory
@@ -42,7 +43,7 @@ def service(db_url: str, keys: Keys, **options) -> ReceiverService:
 
 def test_seed_example_is_stored_once_and_forgeries_are_refused(db_url, keys, seed_example_bytes):
     svc = service(db_url, keys)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         url = server.url + "/webhook"
         headers = keys.headers(seed_example_bytes, msg_id="msg_seed_1")
 
@@ -75,7 +76,7 @@ def test_seed_example_is_stored_once_and_forgeries_are_refused(db_url, keys, see
 def test_vendor_signature_alone_dedupes_by_body(db_url, keys, seed_example_bytes):
     """The seed's own platform sends no webhook-id: the same body is the same delivery."""
     svc = service(db_url, keys)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         url = server.url + "/webhook"
         for _ in range(3):
             answer = post(url, seed_example_bytes, keys.vendor_headers(seed_example_bytes))
@@ -93,7 +94,7 @@ def test_rotation_stale_timestamps_and_url_secret(sqlite_url, seed_example_bytes
     old, new = Keys(), Keys()
     config = ReceiverConfig(db_url=sqlite_url, public_keys=[old.public_pem, new.public_pem], any_org=True, url_secret="s3cret")
     svc = ReceiverService(config)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         body = seed_example_bytes
         assert post(server.url + "/webhook?secret=s3cret", body, old.headers(body)).status_code == 200
         assert post(server.url + "/webhook/s3cret", body, new.headers(body)).status_code == 200
@@ -147,7 +148,7 @@ def test_unknown_enum_values_and_fields_are_stored_and_projected_intact(db_url, 
 
 def test_authentic_non_event_is_quarantined_and_acknowledged(db_url, keys):
     svc = service(db_url, keys)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         for body in (b'{"hello": "world"}', b"not json at all", b'{"type": "message_created", "payload": {}}'):
             headers = keys.headers(body)
             for _attempt in range(2):  # the retry of a quarantined delivery is kept once too
@@ -163,7 +164,7 @@ def test_authentic_non_event_is_quarantined_and_acknowledged(db_url, keys):
 
 def test_strict_mode_answers_400_and_stores_nothing(db_url, keys):
     svc = service(db_url, keys, strict=True)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         body = b'{"type": "message_created", "payload": {"org_id": "not a number"}}'
         answer = post(server.url + "/webhook", body, keys.headers(body))
         assert answer.status_code == 400
@@ -213,7 +214,7 @@ def test_requests_get_503_when_the_store_cannot_keep_up(sqlite_url, keys, seed_e
     log = EventLog(sqlite_url)
     receiver = Receiver(log, keys.verifier(), any_org=True, max_wait=0.3)
     path = sqlite_url.removeprefix("sqlite:///")
-    with ServerThread(ReceiverApp(receiver)) as server:
+    with UvicornThread(ReceiverApp(receiver)) as server:
         url = server.url + "/webhook"
         assert post(url, seed_example_bytes, keys.headers(seed_example_bytes)).status_code == 200
         blocker = sqlite3.connect(path, isolation_level=None)

@@ -10,13 +10,13 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 
 import aiohttp
 import pytest
 
-from tests.test_receiver_helpers import Keys, free_port
+from tests.loopback import accepting, base_url, command_on_socket, loopback_socket, port_of
+from tests.test_receiver_helpers import Keys
 from tidings.contract import dump_event
 from tidings.contract.samples import SampleFactory
 
@@ -26,19 +26,37 @@ KILL_AFTER = 1500  # acknowledgements before the kill
 DEADLINE = 150.0  # seconds for the whole load, restart included
 
 
-def start_receiver(db: str, key_file: str, port: int, workers: int) -> subprocess.Popen:
-    command = [
-        sys.executable, "-c", "from tidings.cli import main; main()", "receive",
-        "--db", f"sqlite:///{db}", "--public-key", key_file, "--any-org", "--port", str(port), "--admin-port", "0",
-        "--workers", str(workers),
-    ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_receiver(db: str, key_file: str, listening: socket.socket, workers: int) -> subprocess.Popen:
+    """``tidings receive`` serving on ``listening``, which this test holds across the crash and the restart."""
+    command, options = command_on_socket(listening, [
+        "receive", "--db", f"sqlite:///{db}", "--public-key", key_file, "--any-org", "--admin-port", "0", "--port", str(port_of(listening)),
+        "--workers", str(workers)])
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **options)
 
 
-def accepting(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (Linux: read from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -55,14 +73,16 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path, workers):
     key_file = tmp_path / "sender.pub.pem"
     key_file.write_text(keys.public_pem)
     db = str(tmp_path / "receiver.db")
-    port = free_port()
+    listening = loopback_socket()  # held by the test: the restarted receiver serves on the same socket
+    port = port_of(listening)
+    health = f"{base_url(listening)}/health"
     requests = []
     for number, event in enumerate(SampleFactory(31).events(EVENTS)):
         body = dump_event(event)
         requests.append((f"crash-{number}", body, keys.headers(body, msg_id=f"crash-{number}")))
 
-    servers = [start_receiver(db, str(key_file), port, workers)]
-    wait_for(lambda: accepting(port), 20, "the receiver did not start")
+    servers = [start_receiver(db, str(key_file), listening, workers)]
+    wait_for(lambda: accepting(health), 20, "the receiver did not start")
     acknowledged: set[str] = set()
     killed_at: list[int] = []
     failures_while_down: list[int] = [0]
@@ -85,12 +105,13 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path, workers):
     async def kill_and_restart() -> None:
         while len(acknowledged) < KILL_AFTER:
             await asyncio.sleep(0.005)
+        below = descendants(servers[-1].pid)  # uvicorn's workers and the follower die with it (PR_SET_PDEATHSIG)
         os.kill(servers[-1].pid, signal.SIGKILL)  # no shutdown, no flush: a crash
         killed_at.append(len(acknowledged))
         servers[-1].wait()
-        await asyncio.to_thread(wait_for, lambda: not accepting(port), 20, "the killed receiver's workers did not die")
-        await asyncio.sleep(0.3)
-        servers.append(start_receiver(db, str(key_file), port, workers))
+        await asyncio.to_thread(wait_for, lambda: not any(alive(pid) for pid in below), 20,
+                                "the killed receiver's workers did not die")
+        servers.append(start_receiver(db, str(key_file), listening, workers))
 
     async def load() -> None:
         queue: asyncio.Queue = asyncio.Queue()
@@ -108,6 +129,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path, workers):
     try:
         asyncio.run(load())
     finally:
+        listening.close()
         for server in servers:
             if server.poll() is None:
                 server.send_signal(signal.SIGTERM)

@@ -7,7 +7,6 @@ own ``Host`` names, and only same-origin form posts with the cookie."""
 from __future__ import annotations
 
 import http.client
-import re
 
 import orjson
 import pytest

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from tests.test_receiver_helpers import Keys, ServerThread, wait_until
+from tests.loopback import UvicornThread
+from tests.test_receiver_helpers import Keys, wait_until
 from tidings.contract import dump_event
 from tidings.contract.samples import SampleFactory
 from tidings.receiver.asgi import MAX_BODY_BYTES
@@ -70,7 +71,7 @@ def answers_from(tmp_path, keys: Keys, name: str, fast: bool):
     config = ReceiverConfig(db_url=f"sqlite:///{tmp_path / name}.db", public_keys=[keys.public_pem], any_org=True)
     service = ReceiverService(config)
     options = {"http": WebhookHttpProtocol} if fast else {"http": "httptools"}
-    with ServerThread(service.app, **options) as server:
+    with UvicornThread(service.app, **options) as server:
         answers = exchange(server.port, *requests_for(keys))
     return answers, service
 
@@ -88,7 +89,7 @@ def test_the_fast_path_gives_the_asgi_apps_answers(tmp_path, keys):
 def test_keep_alive_pipelining_and_the_rest_of_the_app(tmp_path, keys):
     service = ReceiverService(ReceiverConfig(db_url=f"sqlite:///{tmp_path / 'r.db'}", public_keys=[keys.public_pem], any_org=True))
     bodies = [dump_event(e) for e in SampleFactory(42).events(4)]
-    with ServerThread(service.app, http=WebhookHttpProtocol) as server:
+    with UvicornThread(service.app, http=WebhookHttpProtocol) as server:
         # Two requests in one write, then a third on the same connection, then a GET.
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             buffer = bytearray()
@@ -126,7 +127,7 @@ def test_keep_alive_pipelining_and_the_rest_of_the_app(tmp_path, keys):
 def test_oversized_bodies_and_vanishing_clients(tmp_path, keys):
     service = ReceiverService(ReceiverConfig(db_url=f"sqlite:///{tmp_path / 'r.db'}", public_keys=[keys.public_pem], any_org=True))
     body = dump_event(SampleFactory(43).message_created())
-    with ServerThread(service.app, http=WebhookHttpProtocol) as server:
+    with UvicornThread(service.app, http=WebhookHttpProtocol) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             huge = b"x" * (MAX_BODY_BYTES + 10)
             sock.sendall(raw_post("/webhook", huge, {}))

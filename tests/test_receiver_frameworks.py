@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
-from tests.test_receiver_helpers import Keys, ServerThread, post
+from tests.loopback import UvicornThread
+from tests.test_receiver_helpers import Keys, post
 from tidings.receiver import EventLog, Receiver, ReceiverApp, webhook_router
 
 
@@ -18,7 +19,7 @@ def test_asgi_app(sqlite_url, seed_example_bytes):
     keys = Keys()
     log = EventLog(sqlite_url)
     receiver = Receiver(log, keys.verifier(), any_org=True)
-    with ServerThread(ReceiverApp(receiver, path="/hooks/tidings")) as server:
+    with UvicornThread(ReceiverApp(receiver, path="/hooks/tidings")) as server:
         url = server.url + "/hooks/tidings"
         assert post(url, seed_example_bytes, keys.headers(seed_example_bytes)).status_code == 200
         assert post(url, seed_example_bytes, {}).status_code == 401
@@ -39,7 +40,7 @@ def test_fastapi_router(sqlite_url, seed_example_bytes):
     def other() -> dict:
         return {"mine": True}
 
-    with ServerThread(app) as server:
+    with UvicornThread(app) as server:
         assert post(server.url + "/webhook/tok", seed_example_bytes, keys.headers(seed_example_bytes)).status_code == 200
         assert post(server.url + "/webhook?secret=tok", seed_example_bytes, keys.headers(seed_example_bytes)).status_code == 200
         refused = post(server.url + "/webhook", seed_example_bytes, keys.headers(seed_example_bytes))

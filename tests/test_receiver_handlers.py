@@ -10,7 +10,8 @@ import threading
 import pytest
 from aiohttp import web
 
-from tests.test_receiver_helpers import Keys, ServerThread, post, wait_until
+from tests.loopback import UvicornThread, serve_aiohttp
+from tests.test_receiver_helpers import Keys, post, wait_until
 from tidings.contract import dump_event
 from tidings.contract.samples import SampleFactory
 from tidings.receiver import EventFilter, Handlers, ReceivedEvent, append_jsonl, forward_to, retry_delay, run_command
@@ -45,7 +46,7 @@ def service_with(db_url: str, keys: Keys, handlers: Handlers, **options) -> Rece
     return ReceiverService(config, handlers)
 
 
-def send(server: ServerThread, keys: Keys, body: bytes) -> None:
+def send(server: UvicornThread, keys: Keys, body: bytes) -> None:
     answer = post(server.url + "/webhook", body, keys.headers(body))
     assert answer.status_code == 200, answer.text
 
@@ -64,7 +65,7 @@ def test_a_handler_that_fails_twice_runs_three_times_and_is_done(db_url):
     consumer_message = SampleFactory(1).message_created(message={"sender_type": "Consumer", "status": "Success"})
     user_message = SampleFactory(2).message_created(message={"sender_type": "User", "status": "Sending"})
     svc = service_with(db_url, keys, handlers)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         send(server, keys, dump_event(user_message))  # filtered out: not "new message received"
         send(server, keys, dump_event(consumer_message))
         wait_until(lambda: len(calls) >= 3 and not list_failures(svc.log, dead=None))
@@ -85,7 +86,7 @@ def test_a_handler_sees_each_events_sequence_number(sqlite_url):
     factory = SampleFactory(4)
     bodies = [dump_event(factory.message_created(message={"id": 100 + n})) for n in range(3)]
     svc = service_with(sqlite_url, keys, handlers)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         for number, body in zip([1, 2], bodies):
             answer = post(server.url + "/webhook", body, {**keys.headers(body), "X-Tidings-Sequence": str(number)})
             assert answer.status_code == 200, answer.text
@@ -108,7 +109,7 @@ def test_a_handler_that_always_fails_is_dead_lettered_then_replayed(db_url):
             raise ConnectionError("downstream is down")
 
     svc = service_with(db_url, keys, handlers)
-    with ServerThread(svc.app) as server:
+    with UvicornThread(svc.app) as server:
         send(server, keys, dump_event(SampleFactory(4).message_created()))
         (dead,) = wait_until(lambda: list_failures(svc.log, dead=True))
         assert dead.handler == "fragile"
@@ -141,15 +142,10 @@ def test_built_in_handlers_forward_append_and_run(sqlite_url, tmp_path):
         async def main() -> None:
             app = web.Application()
             app.router.add_post("/hook", sink)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            sink_port.append(site._server.sockets[0].getsockname()[1])
-            sink_ready.set()
-            while not stop_sink.is_set():
-                await asyncio.sleep(0.02)
-            await runner.cleanup()
+            async with serve_aiohttp(app) as url:
+                sink_port.append(int(url.rsplit(":", 1)[1]))
+                sink_ready.set()
+                await asyncio.to_thread(stop_sink.wait, 60)
 
         asyncio.run(main())
 
@@ -169,7 +165,7 @@ def test_built_in_handlers_forward_append_and_run(sqlite_url, tmp_path):
     bodies = [dump_event(e) for e in SampleFactory(6).events(3)]
     svc = service_with(sqlite_url, keys, handlers)
     try:
-        with ServerThread(svc.app) as server:
+        with UvicornThread(svc.app) as server:
             for body in bodies:
                 send(server, keys, body)
             wait_until(lambda: len(forwarded) == 3 and len(list(copies.iterdir())) == 3 and len(list_failures(svc.log)) == 3)

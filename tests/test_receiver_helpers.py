@@ -1,4 +1,4 @@
-"""What the receiver's tests share: keys, signed requests, servers on loopback.
+"""What the receiver's tests share: keys, signed requests, waiting for a condition.
 
 No tests here; the other ``test_receiver*`` modules import from it.
 """

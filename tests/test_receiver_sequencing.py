@@ -4,11 +4,12 @@ and the header, /gaps and ``tidings receiver gaps`` end to end."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import json
 import random
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -20,8 +21,8 @@ from tidings.contract.samples import SampleFactory
 from tidings.receiver.core import event_record
 from tidings.receiver.inbox import InboxProjector, get_conversation, list_gaps
 from tidings.receiver.log import EventLog
-from tidings.receiver.sequencing import APPLY, HOLD, Arrival, Held, holes, parse_sequence, placement, plan_batch
-from tidings.apps.receiver_service import ReceiverConfig, ReceiverService
+from tidings.receiver.sequencing import APPLY, HOLD, Arrival, Gap, Held, holes, parse_sequence, placement, plan_batch
+from tidings.apps.receiver_service import ReceiverConfig
 from tidings.store.receiver_tables import receiver_held_events, receiver_sequence_keys
 
 KEY = (7, "message_updated", 42)
@@ -109,6 +110,41 @@ def test_holes_name_each_missing_range_since_the_first_event_held_past_it():
     held = [Held(10, KEY, 4, 50.0), Held(11, KEY, 7, 20.0), Held(12, KEY, 8, 90.0)]
     assert [(g.first_missing, g.last_missing, g.waiting_since) for g in holes(1, held)] == [(2, 3, 20.0), (5, 6, 20.0)]
     assert holes(8, held) == []
+
+
+def test_the_largest_sequence_is_the_largest_bigint():
+    assert parse_sequence(str(2**63 - 1)) == 2**63 - 1
+    assert parse_sequence(str(2**63)) is None
+
+
+def test_a_number_without_a_key_is_not_sequenced_and_keeps_its_log_place():
+    """Events numbered but of no conversation (no key) are not sorted among themselves."""
+    arrivals = [Arrival(1, None, 5), Arrival(2, None, 3), Arrival(3, KEY, None), Arrival(4, KEY, 2)]
+    assert plan_batch(arrivals, {KEY: 1}, [], 0.0, 30.0).applied == [1, 2, 3, 4]
+
+
+def test_a_held_event_whose_number_was_passed_meanwhile_goes_with_the_next_arrival():
+    stale = Held(9, KEY, 4, 0.0)  # held at 4, and the key's last applied is 5 by now
+    plan = plan_batch([Arrival(10, KEY, 6)], {KEY: 5}, [stale], 1.0, 30.0)
+    assert plan.applied == [10, 9] and plan.released == [9] and plan.last_applied == {KEY: 6}
+
+
+def test_a_key_given_up_on_releases_its_held_and_other_keys_keep_waiting():
+    before, after = (7, "message_updated", 41), (7, "message_updated", 43)
+    long_held = Held(5, KEY, 5, 0.0)  # waited past the bound
+    arrivals = [Arrival(15, before, 9), Arrival(20, KEY, 7), Arrival(30, after, 9)]
+    plan = plan_batch(arrivals, {KEY: 1, before: 1, after: 1}, [long_held], 100.0, 30.0)
+    assert plan.applied == [5, 20] and plan.released == [5]
+    # newly held on either side of the one released with its key, and still held
+    assert [(h.event_id, h.sequence) for h in plan.held] == [(15, 9), (30, 9)]
+    assert plan.last_applied == {KEY: 7}
+
+
+@pytest.mark.parametrize("value", [Arrival(1, KEY, 2), Held(1, KEY, 2, 0.0), Gap(KEY, 2, 3, 0.0)])
+def test_what_the_sequencer_passes_around_cannot_change(value):
+    """A plan shares its Held values with the caller's list: neither side may change them under the other."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        value.key = None
 
 
 # ---------------------------------------------------------------- the projection, both engines

@@ -19,7 +19,7 @@ from tests.browser.servers import ReceiverServer, message_event
 
 
 class Inbox:
-    """A receiver with the inbox mounted, driven step by step, without a socket."""
+    """A receiver with the inbox mounted, driven step by step; its pages are read over a real socket."""
 
     def __init__(self, db_url: str, handlers: Handlers | None = None) -> None:
         self.server = ReceiverServer(db_url, handlers)

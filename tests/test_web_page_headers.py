@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import httpx
-import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 

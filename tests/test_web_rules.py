@@ -23,10 +23,12 @@ def outcome(status: int | None = 200, error: str | None = None, ms: float = 10.0
     return AttemptOutcome(T0 + timedelta(seconds=at), ms, status, error, excerpt)
 
 
-@pytest.mark.parametrize("module", [health, live, session, origin, message_view])
+@pytest.mark.parametrize("module", [health, session, origin])
 def test_the_examples_in_docstrings_hold(module):
+    """Only modules whose docstrings hold examples: ``live`` and ``message_view`` have none and are
+    tested below. Killed by changing what an example shows (or by a module losing its examples)."""
     result = doctest.testmod(module)
-    assert result.failed == 0
+    assert result.attempted > 0 and result.failed == 0, result
 
 
 # ---------------------------------------------------------------- health

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 
 from tidings.platform.webhook_rules import (
@@ -106,18 +107,112 @@ def test_values_may_hold_tabs_spaces_and_unicode():
     check_custom_headers({"X-A": "Bearer abc\tdéf ✓"}, PREFIX)
 
 
-@given(st.dictionaries(st.text(min_size=0, max_size=140), st.text(max_size=600), max_size=8))
-def test_accepted_headers_always_obey_every_rule(headers):
+# The rules restated (printable ASCII as ``isascii`` and ``isprintable``, control
+# characters as a set) so that the property compares two formulations.
+CONTROL_CHARACTERS = {chr(code) for code in range(32) if chr(code) != "\t"} | {"\x7f"}
+KEY_CHARACTERS = [chr(code) for code in range(33, 127) if chr(code) not in FORBIDDEN_KEY_CHARACTERS]
+
+
+def broken_rule(headers: dict[str, str], prefix: str) -> str | None:
+    """The first header rule ``headers`` breaks, or ``None`` when it obeys all of them."""
+    if len(headers) > MAX_CUSTOM_HEADERS:
+        return "too many"
+    if len({key.lower() for key in headers}) < len(headers):
+        return "twice"
+    for key, value in headers.items():
+        if not key.lower().startswith("x-"):
+            return "not X-"
+        if key.lower().startswith(prefix.lower()):
+            return "vendor prefix"
+        if len(key) > MAX_HEADER_KEY_LENGTH:
+            return "long key"
+        if set(key) & FORBIDDEN_KEY_CHARACTERS:
+            return "forbidden character"
+        if not (key.isascii() and key.isprintable()):
+            return "not printable ASCII"
+        if len(value) > MAX_HEADER_VALUE_LENGTH:
+            return "long value"
+        if set(value) & CONTROL_CHARACTERS:
+            return "control character"
+    return None
+
+
+@st.composite
+def header_keys(draw) -> str:
+    """Mostly valid keys; the others each break one rule."""
+    key = draw(st.sampled_from(["X-", "x-"])) + draw(st.text(st.sampled_from(KEY_CHARACTERS), min_size=1, max_size=24))
+    flaw = draw(st.sampled_from([None] * 24 + ["not X-", "vendor prefix", "long key", "forbidden character",
+                                               "not printable ASCII"]))
+    if flaw == "not X-":
+        return key[2:]
+    if flaw == "vendor prefix":
+        return draw(st.sampled_from([PREFIX, PREFIX.lower(), PREFIX.upper()])) + key[1:]
+    if flaw == "long key":
+        return key + "a" * (MAX_HEADER_KEY_LENGTH + 1 - len(key) + draw(st.integers(0, 20)))
+    if flaw == "forbidden character":
+        return key + draw(st.sampled_from(sorted(FORBIDDEN_KEY_CHARACTERS)))
+    if flaw == "not printable ASCII":
+        return key + draw(st.sampled_from(["\t", "\n", "\x00", "\x7f", "é", "✓"]))
+    return key
+
+
+@st.composite
+def header_values(draw) -> str:
+    """Mostly valid values (tabs, spaces and Unicode included); the others too long or with a control character."""
+    value = draw(st.text(st.characters(blacklist_categories=["Cc", "Cs"]) | st.just("\t"), max_size=20))
+    flaw = draw(st.sampled_from([None] * 20 + ["long value", "control character"]))
+    if flaw == "long value":
+        return value + "v" * (MAX_HEADER_VALUE_LENGTH + 1 - len(value) + draw(st.integers(0, 20)))
+    if flaw == "control character":
+        return value + draw(st.sampled_from(sorted(CONTROL_CHARACTERS)))
+    return value
+
+
+@st.composite
+def custom_headers(draw) -> dict[str, str]:
+    """Up to 5 headers; now and then more, or one given twice in another case."""
+    headers = draw(st.dictionaries(header_keys(), header_values(), max_size=MAX_CUSTOM_HEADERS))
+    flaw = draw(st.sampled_from([None] * 8 + ["too many", "twice"]))
+    if flaw == "too many":
+        for number in range(MAX_CUSTOM_HEADERS + 1 - len(headers) + draw(st.integers(0, 2))):
+            headers[f"X-Extra-{number}"] = "v"
+    elif flaw == "twice" and headers:
+        key = draw(st.sampled_from(sorted(headers)))
+        if key.swapcase() != key:
+            headers[key.swapcase()] = "twin"
+    return headers
+
+
+@settings(max_examples=300)
+@given(custom_headers())
+def test_custom_headers_are_accepted_exactly_when_they_obey_every_rule(headers):
+    """Killed by dropping any one rule from ``check_custom_headers`` (tried: the control-character check on values)."""
+    expected = broken_rule(headers, PREFIX)
+    event(f"refused: {expected}" if expected else "accepted")
     try:
         check_custom_headers(headers, PREFIX)
-    except WebhookRuleError:
-        return
-    assert len(headers) <= MAX_CUSTOM_HEADERS
-    for key, value in headers.items():
-        assert key.lower().startswith("x-") and not key.lower().startswith(PREFIX.lower())
-        assert len(key) <= MAX_HEADER_KEY_LENGTH and not set(key) & FORBIDDEN_KEY_CHARACTERS
-        assert key.isascii() and key.isprintable()
-        assert len(value) <= MAX_HEADER_VALUE_LENGTH
+    except WebhookRuleError as error:
+        assert error.field == "custom_headers"
+        assert expected is not None, f"refused {headers!r}: {error}"
+    else:
+        assert expected is None, f"accepted {headers!r}, which breaks the rule {expected!r}"
+
+
+def test_the_header_property_reaches_acceptance_and_every_refusal():
+    """The strategy above is not mostly refusals: both branches of the property run for many inputs."""
+    outcomes: Counter[str] = Counter()
+
+    @settings(max_examples=400, database=None, derandomize=True, phases=[Phase.generate])
+    @given(custom_headers())
+    def sample(headers):
+        outcomes[broken_rule(headers, PREFIX) or "accepted"] += 1
+
+    sample()
+    total = sum(outcomes.values())
+    assert outcomes["accepted"] >= total // 4, outcomes
+    for rule in ("too many", "twice", "not X-", "vendor prefix", "long key", "forbidden character",
+                 "not printable ASCII", "long value", "control character"):
+        assert outcomes[rule] >= 3, (rule, outcomes)
 
 
 # ---------------------------------------------------------------- URL, event type, ordering

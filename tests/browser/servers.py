@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests.loopback import loopback_socket
 from tidings.contract.signing import Signer, generate_private_key
 from tidings.platform import tenants
 from tidings.platform.api.context import PlatformContext
@@ -44,15 +45,6 @@ def create_schema(db_url: str) -> None:
         metadata.create_all(engine)
     finally:
         engine.dispose()
-
-
-def loopback_socket() -> socket.socket:
-    """A listening socket on 127.0.0.1 with a port the system chose (no race for a free port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
 
 
 class ServedApp:
