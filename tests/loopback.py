@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -162,31 +162,15 @@ async def serve_connections(on_connection: Connection) -> AsyncIterator[str]:
             await server.wait_closed()
 
 
-@contextlib.contextmanager
-def uvicorn_serves_on(sock: socket.socket) -> Iterator[None]:
-    """Within this block a uvicorn server started without sockets serves on
-    ``sock`` (for code under test that takes only a host and a port)."""
-    original = uvicorn.Server.serve
-
-    async def serve(self: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
-        await original(self, sockets=sockets or [sock])
-
-    uvicorn.Server.serve = serve  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        uvicorn.Server.serve = original  # type: ignore[method-assign]
-
-
 def command_on_socket(sock: socket.socket, tidings_arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
     """The command line and ``Popen`` options that run ``tidings ARGUMENTS`` in a
-    child serving on ``sock`` (inherited as a file descriptor): the command
-    line interface takes a host and a port only, so the child's uvicorn is
-    given the descriptor instead (``tests/serve_on_fd.py``)."""
+    child serving on ``sock``, handed over as an inherited file descriptor
+    (``--fd``, as a supervisor or systemd would hand it)."""
     descriptor = sock.fileno()
-    command = [sys.executable, "-m", "tests.serve_on_fd", str(descriptor), *tidings_arguments]
+    command = [sys.executable, "-m", "tidings.cli", *tidings_arguments, "--fd", str(descriptor)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(root, "src"),
+                                                                     os.environ.get("PYTHONPATH")]))}
     return command, {"pass_fds": (descriptor,), "env": env, "cwd": root}
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from tests.platform_support import create_schema, platform_settings
-from tests.loopback import UvicornThread, loopback_socket, port_of, uvicorn_serves_on
+from tests.loopback import UvicornThread, loopback_socket, port_of
 from tidings.contract import utcnow
 from tidings.contract.signing import Signer, generate_private_key, generate_secret
 from tidings.platform import tenants
@@ -323,12 +323,11 @@ async def test_tidings_serve_answers_ingestion_on_the_fast_path(tmp_path, fast_p
     ids = await asyncio.to_thread(build_database, url)
     assert http_protocol() == "tidings.platform.api.fast_ingest:IngestHttpProtocol"
     ready, stop = asyncio.Event(), asyncio.Event()
-    # run_platform binds a host and a port: its uvicorn is handed a socket held from bind to close instead.
-    with loopback_socket() as sock, uvicorn_serves_on(sock):
+    with loopback_socket() as sock:  # held from bind to close, and handed to the server
         port = port_of(sock)
         serving = asyncio.create_task(run_platform(platform_settings(url), Signer(generate_private_key()),
                                                    host="127.0.0.1", port=port, with_dispatcher=False, ready=ready,
-                                                   stop=stop))
+                                                   stop=stop, sock=sock))
         try:
             await asyncio.wait_for(ready.wait(), 20)
             chat = f"/v2/custom-channels/{ids['chat']}/messages"

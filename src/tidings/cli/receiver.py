@@ -49,6 +49,8 @@ def receive_command(
     any_org: bool = typer.Option(False, "--any-org", help="serve every organization the keys sign for (instead of --org-id)"),
     host: str = typer.Option("127.0.0.1", "--host", help="the public listener: the webhook and /health only"),
     port: int = typer.Option(8000, "--port"),
+    fd: int | None = typer.Option(None, "--fd", help="serve the public listener on this inherited listening socket "
+                                                       "(a supervisor's, systemd's) instead of binding --host/--port"),
     admin_host: str = typer.Option("127.0.0.1", "--admin-host", help="the admin listener: inbox, read API, repairs"),
     admin_port: int | None = typer.Option(None, "--admin-port", help="default: --port + 1; 0 picks a free port"),
     admin_token: str | None = typer.Option(
@@ -79,6 +81,7 @@ def receive_command(
     from tidings.cli.serve import prepare_database
     from tidings.apps.receiver_admin import admin_listener
     from tidings.apps.receiver_service import ReceiverConfig, listen, run_service
+    from tidings.cli.sockets import inherited_socket
 
     if not public_key and not signing_secret:
         raise CliError("give at least one --public-key (or --signing-secret) to verify requests with")
@@ -118,11 +121,11 @@ def receive_command(
         raise CliError(str(exc)) from None
     prepare_database(db)  # migrate, and fail in one line if the database cannot be reached
     try:
-        public_socket = listen(host, port)
+        public_socket = inherited_socket(fd) if fd is not None else listen(host, port)
         admin_socket = listen(admin.host, admin.port)
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}") from None
-    port = public_socket.getsockname()[1]
+    host, port = public_socket.getsockname()[:2]
     admin = admin.with_port(admin_socket.getsockname()[1])
     served = "every organization" if any_org else "organization " + ", ".join(map(str, config.org_ids))
     print(f"receiving on http://{_url_host(host)}:{port}{config.path} for {served} into {db}", file=sys.stderr)

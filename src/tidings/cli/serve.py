@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ from tidings.cli.delivery_options import (
     VendorPrefix,
 )
 from tidings.cli.errors import CliError
+from tidings.cli.sockets import inherited_socket
 from tidings.contract.signing import DEFAULT_VENDOR_PREFIX, PRIVATE_KEY_FILENAME, Signer, generate_private_key, save_key_pair
 from tidings.platform.settings import DeliverySettings, PartnerSettings, PlatformSettings
 from tidings.store.engine import DEFAULT_DB_URL
@@ -43,6 +45,8 @@ def serve_command(
     db: Db = DEFAULT_DB_URL,
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port to listen on")] = 8000,
+    fd: Annotated[int | None, typer.Option(
+        "--fd", help="serve on this inherited listening socket (a supervisor's, systemd's) instead of --host/--port")] = None,
     signing_key: Annotated[str | None, typer.Option(
         "--signing-key", envvar="TIDINGS_SIGNING_KEY",
         help="Ed25519 private key (PEM file or whsk_); generated into the data directory when not given")] = None,
@@ -86,8 +90,9 @@ def serve_command(
         partners=PartnerSettings(latency=partner_latency, failure_rate=partner_failure_rate),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sock = inherited_socket(fd) if fd is not None else None
     asyncio.run(run_platform(settings, signer, host=host, port=port, concurrency=concurrency,
-                             with_dispatcher=dispatcher))
+                             with_dispatcher=dispatcher, sock=sock))
 
 
 def prepare_database(db: str) -> None:
@@ -103,8 +108,9 @@ def prepare_database(db: str) -> None:
 
 async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str, port: int, concurrency: int = 256,
                        with_dispatcher: bool = True, ready: asyncio.Event | None = None,
-                       stop: asyncio.Event | None = None) -> None:
-    """Serves the API on ``host:port`` (and delivers) until stopped by a signal or ``stop``."""
+                       stop: asyncio.Event | None = None, sock: socket.socket | None = None) -> None:
+    """Serves the API on ``host:port``, or on ``sock`` when given (and delivers),
+    until stopped by a signal or ``stop``."""
     import uvicorn
 
     from tidings.apps.platform import platform_app
@@ -131,11 +137,12 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
 
     tasks.append(asyncio.create_task(stop_server_on_event()))
     with serving_gc():
-        serving = asyncio.create_task(server.serve(), name="api")
+        serving = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None), name="api")
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
         if server.started:
-            log.info("platform listening on http://%s:%d", host, port)
+            bound = server.servers[0].sockets[0].getsockname()  # the port the system picked for --port 0
+            log.info("platform listening on http://%s:%d", *bound[:2])
             if ready is not None:
                 ready.set()
         try:
