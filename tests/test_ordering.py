@@ -402,3 +402,34 @@ async def test_a_stopped_dispatcher_hands_followers_back_queued_and_order_holds_
     for conversation, last in expected.items():
         assert endpoint.accepted[conversation] == list(range(1, last + 1)), conversation
     assert endpoint.overlaps == 0
+
+
+async def test_ordering_reaches_a_receiver_under_another_vendor_prefix(sqlite_url, tmp_path):
+    """The platform names its headers from its vendor prefix, and so does the
+    receiver (contract.headers): with ``X-Acme`` on both ends, every event
+    arrives signed under ``X-Acme-Signature-v1`` and keeps its place in its
+    conversation (``X-Acme-Sequence``), in order, over real sockets."""
+    from tests.test_receiver_helpers import ServedReceiver
+    from tidings.apps.receiver_service import ReceiverConfig
+    from tidings.contract.signing import Signer, generate_private_key, public_key_pem
+    from tidings.platform.workers import build_dispatcher
+
+    signer = Signer(generate_private_key(), vendor_prefix="X-Acme")
+    config = ReceiverConfig(db_url=f"sqlite:///{tmp_path / 'receiver.db'}", any_org=True, vendor_prefix="X-Acme",
+                            public_keys=[public_key_pem(signer.private_key.public_key()).decode()])
+    with ServedReceiver(config) as served:
+        async with database(sqlite_url) as engine:
+            org_id = await add_organization(engine)
+            await add_configuration(engine, org_id, served.url + "/webhook")
+            await add_conversation_events(engine, signer, org_id, 30, 3)
+            dispatcher = build_dispatcher(engine, signer, fast_settings(vendor_prefix="X-Acme"))
+            await asyncio.wait_for(dispatcher.run_until_idle(), 60)
+            assert dispatcher.stats.delivered == 30
+        stored = served.service.log.events_after(0, 100)
+    assert len(stored) == 30
+    arrived = defaultdict(list)
+    for event in stored:
+        arrived[event.conversation_id].append(event.sequence)
+    assert len(arrived) == 3
+    for sequences in arrived.values():
+        assert sequences == list(range(1, len(sequences) + 1))  # none lost to the header's name, in order

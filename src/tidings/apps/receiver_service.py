@@ -27,6 +27,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from tidings.contract.headers import DEFAULT_VENDOR_PREFIX
 from tidings.contract.signing import Verifier, load_public_key
 from tidings.apps.receiver_admin import AdminListener, admin_app
 from tidings.receiver.asgi import receiver_app
@@ -81,6 +82,7 @@ class ReceiverConfig:
     verify_threads: int = 1  # per worker; 0 verifies in the event loop itself
     lease_grace: float = 0.0  # seconds before this process first tries for the background lease
     gap_wait: float = DEFAULT_GAP_WAIT  # seconds a hole in a conversation's sequence is waited on before it is reported
+    vendor_prefix: str = DEFAULT_VENDOR_PREFIX  # the platform's: its signature and sequence headers carry it
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -94,6 +96,7 @@ class ReceiverConfig:
             public_keys=[load_public_key(key) for key in self.public_keys],
             secrets=list(self.signing_secrets),
             tolerance_seconds=self.tolerance_seconds,
+            vendor_prefix=self.vendor_prefix,
         )
 
     def handlers(self) -> Handlers:

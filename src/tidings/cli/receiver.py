@@ -11,6 +11,7 @@ import orjson
 import typer
 
 from tidings.cli.errors import CliError
+from tidings.contract.headers import DEFAULT_VENDOR_PREFIX
 
 app = typer.Typer(help="Inspect and repair a receiver's store: events, quarantine, dead letters.", no_args_is_help=True)
 quarantine_app = typer.Typer(help="Authentic bodies that did not parse under the contract.", no_args_is_help=True)
@@ -72,6 +73,8 @@ def receive_command(
     tolerance: int = typer.Option(300, "--tolerance", help="seconds a webhook-timestamp may be off"),
     workers: int = typer.Option(1, "--workers", help="worker processes (each verifies and commits)"),
     verify_threads: int = typer.Option(1, "--verify-threads", help="threads per worker that verify signatures"),
+    vendor_prefix: str = typer.Option(DEFAULT_VENDOR_PREFIX, "--vendor-prefix",
+                                      help="the platform's vendor prefix (its signature and sequence headers)"),
     gap_wait: float = typer.Option(
         30.0, "--gap-wait", help="seconds the inbox waits on a hole in a conversation's X-Tidings-Sequence before reporting it"
     ),
@@ -111,6 +114,7 @@ def receive_command(
         workers=workers,
         verify_threads=verify_threads,
         gap_wait=gap_wait,
+        vendor_prefix=vendor_prefix,
     )
     try:
         config.verifier()
