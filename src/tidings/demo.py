@@ -65,16 +65,19 @@ class DemoState:
     traffic: list[TrafficSummary] = field(default_factory=list)
 
 
-def free_port(preferred: int) -> int:
-    """``preferred`` when it is free on loopback, else any free port."""
+def bound_socket(preferred: int) -> socket.socket:
+    """A TCP socket on loopback bound to ``preferred`` when it is free, else to a
+    port the system picks; the server it is handed to serves on it as it is
+    (``--fd``), so no other process can take the port in between."""
     for candidate in (preferred, 0):
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers will
-            try:
-                probe.bind((HOST, candidate))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, candidate))
+        except OSError:
+            sock.close()
+            continue
+        return sock
     raise OSError("no free port on loopback")
 
 
@@ -89,8 +92,10 @@ def summary_line(state: DemoState, elapsed: float) -> str:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-async def _tidings(*args: str, log: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    """Starts a ``tidings`` sub-command, its output going to ``log`` (``env``: added to the environment)."""
+async def _tidings(*args: str, log: Path, env: dict[str, str] | None = None,
+                   sockets: tuple[socket.socket, ...] = ()) -> asyncio.subprocess.Process:
+    """Starts a ``tidings`` sub-command, its output going to ``log`` (``env``:
+    added to the environment; ``sockets``: handed over, named by ``--fd``)."""
     handle = open(log, "wb")  # noqa: SIM115 - the child keeps it open
     try:
         # A session of its own: Ctrl-C reaches the demo alone, which stops the
@@ -98,7 +103,8 @@ async def _tidings(*args: str, log: Path, env: dict[str, str] | None = None) -> 
         # (the traffic then reported the platform gone).
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tidings.cli", *args, stdout=handle, stderr=handle, stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, **(env or {})})
+            start_new_session=True, env={**os.environ, **(env or {})},
+            pass_fds=tuple(sock.fileno() for sock in sockets))
     finally:
         handle.close()
 
@@ -189,7 +195,10 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
         (data / name).unlink(missing_ok=True)
     platform_db, receiver_db = f"sqlite:///{data / 'platform.db'}", f"sqlite:///{data / 'receiver.db'}"
     private_key, public_key = save_key_pair(generate_private_key(), data)
-    ports = [free_port(p) for p in (options.platform_port, options.receiver_port, options.flaky_port, options.admin_port)]
+    platform_socket, receiver_socket, flaky_socket, admin_socket = listening = [
+        bound_socket(port) for port in (options.platform_port, options.receiver_port, options.flaky_port,
+                                        options.admin_port)]
+    ports = [sock.getsockname()[1] for sock in listening]
     state = DemoState(platform_url=f"http://{HOST}:{ports[0]}", receiver_url=f"http://{HOST}:{ports[1]}",
                       admin_url=f"http://{HOST}:{ports[3]}", admin_token=secrets.token_urlsafe(32))
 
@@ -204,17 +213,19 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
         "Globex Garages": f"http://{HOST}:{ports[2]}/hooks",
     })
     flaky = FlakyEndpoint(seed=options.seed)
-    await flaky.start(HOST, ports[2])
+    await flaky.start(flaky_socket)
     acme = state.organizations[0]  # the receiver serves Acme alone: Globex's webhooks go to the flaky endpoint
-    receiver = await _tidings("receive", "--db", receiver_db, "--public-key", str(public_key), "--host", HOST,
-                              "--port", str(ports[1]), "--org-id", str(acme.org_id), "--admin-port", str(ports[3]),
-                              log=data / "receiver.log", env={"TIDINGS_ADMIN_TOKEN": state.admin_token})
-    platform = await _tidings("serve", "--db", platform_db, "--signing-key", str(private_key), "--host", HOST,
-                              "--port", str(ports[0]), "--allow-private-targets", "--allow-http",
+    receiver = await _tidings("receive", "--db", receiver_db, "--public-key", str(public_key),
+                              "--fd", str(receiver_socket.fileno()), "--admin-fd", str(admin_socket.fileno()),
+                              "--org-id", str(acme.org_id), log=data / "receiver.log",
+                              env={"TIDINGS_ADMIN_TOKEN": state.admin_token}, sockets=(receiver_socket, admin_socket))
+    platform = await _tidings("serve", "--db", platform_db, "--signing-key", str(private_key),
+                              "--fd", str(platform_socket.fileno()), "--allow-private-targets", "--allow-http",
                               "--retry-base", "2", "--retry-factor", "2", "--max-retries", "4",
                               "--attempt-timeout", "5", "--partner-failure-rate", "0.15",
-                              log=data / "platform.log")
-    started = time.monotonic()
+                              log=data / "platform.log", sockets=(platform_socket,))
+    for sock in (platform_socket, receiver_socket, admin_socket):
+        sock.close()  # the servers hold them now
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
             await _wait_until_up(session, f"{state.platform_url}/openapi.json", platform, data / "platform.log")
@@ -225,6 +236,7 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
             say(f"inbox:      {state.admin_url}/inbox?token={state.admin_token}")
             say(f"API:        {state.platform_url}/docs")
             say(f"logs and databases in {data}; Ctrl-C stops")
+            started = time.monotonic()  # --duration counts from here, once every page answers
             duration = options.duration or 10.0 * 365 * 24 * 3600
             shares = [0.7, 0.3]
             state.traffic = [TrafficSummary() for _ in state.organizations]

@@ -54,6 +54,8 @@ def receive_command(
                                                        "(a supervisor's, systemd's) instead of binding --host/--port"),
     admin_host: str = typer.Option("127.0.0.1", "--admin-host", help="the admin listener: inbox, read API, repairs"),
     admin_port: int | None = typer.Option(None, "--admin-port", help="default: --port + 1; 0 picks a free port"),
+    admin_fd: int | None = typer.Option(None, "--admin-fd", help="serve the admin listener on this inherited "
+                                                                 "listening socket instead of binding its host and port"),
     admin_token: str | None = typer.Option(
         None, "--admin-token", envvar="TIDINGS_ADMIN_TOKEN", show_envvar=True,
         help="the admin listener's token (prefer the environment variable); generated and printed when absent",
@@ -126,7 +128,7 @@ def receive_command(
     prepare_database(db)  # migrate, and fail in one line if the database cannot be reached
     try:
         public_socket = inherited_socket(fd) if fd is not None else listen(host, port)
-        admin_socket = listen(admin.host, admin.port)
+        admin_socket = inherited_socket(admin_fd) if admin_fd is not None else listen(admin.host, admin.port)
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}") from None
     host, port = public_socket.getsockname()[:2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -55,14 +56,14 @@ class FlakyEndpoint:
             await asyncio.sleep(self.behaviour.hang_seconds)
         return web.Response(status=200, text="ok")
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, sock: socket.socket) -> int:
+        """Serves on ``sock`` (bound, kept until ``stop``); returns its port."""
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]  # the port, when 0 was asked
+        await web.SockSite(self._runner, sock).start()
+        return sock.getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:
