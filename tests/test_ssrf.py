@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from tests.dispatcher_support import add_configuration, add_events, fast_settings
+from tests.dispatcher_support import add_configuration, add_events, fast_settings, scripted_endpoint
 from tests.platform_support import running_platform, with_settings
 from tidings.platform.dispatcher import Dispatcher
 from tidings.platform.settings import DeliverySettings
@@ -48,7 +48,7 @@ from tidings.platform.transport.guard import (
     normalize_target,
 )
 from tidings.platform.transport.lean import LeanTransport
-from tidings.store.platform_tables import attempts, deliveries
+from tidings.store.platform_tables import attempts, deliveries, webhook_configs
 
 HTTP_ALLOWED = TargetPolicy(allow_http=True)  # what `tidings serve --allow-http` runs with
 
@@ -268,6 +268,48 @@ def features(spelled: Spelled) -> list[str]:
     if any(c.isupper() for c in host):
         found.append("upper case")
     return found
+
+
+# ---------------------------------------------------------------- the API stores what it checked
+
+
+async def test_the_api_stores_and_answers_the_normalised_url(db_url):
+    async with running_platform(db_url) as platform, platform.client() as client:
+        tenant = await platform.tenant("A")
+        created = await client.post("/v2/webhooks", headers=tenant.headers, json={"items": [
+            {"url": "HTTPS://Hooks.EXAMPLE.com.:443/x?a=1", "event_type": "message_created"}]})
+        assert created.status_code == 200, created.text
+        [config] = created.json()["items"]
+        assert config["url"] == "https://hooks.example.com/x?a=1"
+        updated = await client.put(f"/v2/webhooks/{config['id']}", headers=tenant.headers,
+                                   json={"url": "https://Bücher.de:8443"})
+        assert updated.status_code == 200 and updated.json()["url"] == "https://xn--bcher-kva.de:8443/"
+        fetched = await client.get(f"/v2/webhooks/{config['id']}", headers=tenant.headers)
+        assert fetched.json()["url"] == "https://xn--bcher-kva.de:8443/"
+        [stored] = await platform.rows(select(webhook_configs.c.url).where(webhook_configs.c.id == config["id"]))
+        assert stored.url == "https://xn--bcher-kva.de:8443/"
+        for refused in (
+            await client.post("/v2/webhooks", headers=tenant.headers, json={"items": [
+                {"url": "https://user:hunter2@hooks.example.com/x", "event_type": "message_created"}]}),
+            await client.put(f"/v2/webhooks/{config['id']}", headers=tenant.headers,
+                             json={"url": "https://user:hunter2@hooks.example.com/x"}),
+        ):
+            assert refused.status_code == 422
+            detail = refused.json()["detail"]
+            assert "credentials" in detail and "custom_headers" in detail and "hunter2" not in detail
+        [stored] = await platform.rows(select(webhook_configs.c.url).where(webhook_configs.c.id == config["id"]))
+        assert stored.url == "https://xn--bcher-kva.de:8443/"  # a refused update changes nothing
+
+
+async def test_the_tryout_sends_to_and_shows_the_normalised_url(sqlite_url):
+    async with running_platform(sqlite_url) as platform, platform.client() as client, \
+            scripted_endpoint(hook=[200]) as endpoint:  # this platform allows loopback
+        tenant = await platform.tenant("A")
+        answer = await client.post("/v2/webhooks/test", headers=tenant.headers, json={"items": [
+            {"url": f"http://１２７。０。０。１:{endpoint.port}/hook", "event_type": "message_created"}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["url"] == f"http://127.0.0.1:{endpoint.port}/hook" and answer.json()["delivered"]
+        assert [request.headers["Host"] for request in endpoint.received] == [f"127.0.0.1:{endpoint.port}"]
 
 
 # ---------------------------------------------------------------- over real sockets
