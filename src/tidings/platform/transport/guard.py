@@ -287,7 +287,8 @@ def normalize_target(url: str) -> str:
 
     The host is read as an HTTP client reads it: percent-decoded, mapped by
     IDNA/UTS-46 (so fullwidth, circled and mathematical digits become ASCII
-    digits, and ``。．｡`` full stops), and, when its last label is a number,
+    digits, and the full stops ``。．｡`` become ``.``), and, when its last
+    label is a number,
     parsed as the WHATWG URL standard's IPv4 forms (``2130706433``,
     ``0177.0.0.1``, ``0x7f.1``, ``127.1``)."""
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
