@@ -2,7 +2,8 @@
 answering the usual ways, and raw asyncio servers answering the unusual
 ones (interim answers, bodies ended by the connection, stalls, resets,
 garbage, idle connections closed under the client); TLS with a certificate
-authority made here; the SSRF guard after resolving a name."""
+authority made here; the SSRF guard on every address about to be connected
+to, a literal's or a resolved name's."""
 
 from __future__ import annotations
 
@@ -449,12 +450,20 @@ async def test_framing_headers_are_the_transports_own_and_a_custom_user_agent_is
         assert received["User-Agent"] == "custom/1"
 
 
-async def test_credentials_in_the_url_become_basic_authentication():
+async def test_credentials_in_the_url_are_refused_without_a_request():
     async with aiohttp_server() as (seen, port), lean() as transport:
-        assert (await transport.post(f"http://user%40x:p%3Ass@127.0.0.1:{port}/ok", BODY, {})).status_code == 200
-        import base64
+        for url in (f"http://user%40x:p%3Ass@127.0.0.1:{port}/ok", f"http://token@127.0.0.1:{port}/ok"):
+            answer = await transport.post(url, BODY, {})
+            assert answer.status_code is None and answer.error_kind == "refused_target"
+            assert "custom_headers" in answer.error and "p:ss" not in answer.error
+        assert seen.requests == [] and seen.peers == set()
 
-        assert seen.requests[0][2]["Authorization"] == "Basic " + base64.b64encode(b"user@x:p:ss").decode()
+
+async def test_the_url_is_normalised_before_connecting():
+    async with aiohttp_server() as (seen, port), lean() as transport:
+        for spelling in (f"http://１２７。０。０。１:{port}/ok", f"HTTP://0x7f.1:{port}/ok", f"http://2130706433:{port}/ok"):
+            assert (await transport.post(spelling, BODY, {})).status_code == 200
+        assert [request[2]["Host"] for request in seen.requests] == [f"127.0.0.1:{port}"] * 3
 
 
 # ---------------------------------------------------------------- the SSRF guard
@@ -477,20 +486,33 @@ class FixedResolver:
 
 async def test_a_name_that_resolves_to_loopback_is_refused_after_resolving():
     async with aiohttp_server() as (seen, port):
-        for addresses in (("127.0.0.1",), ("10.0.0.1", "127.0.0.1"), ("169.254.169.254",)):
+        for addresses in (("127.0.0.1",), ("10.0.0.1", "127.0.0.1"), ("169.254.169.254",),
+                          ("::ffff:127.0.0.1",), ("0177.0.0.1",), ("127.1",), ("１２７.０.０.１",)):
             resolver = FixedResolver(*addresses)
             async with lean(TargetPolicy(allow_http=True), resolver=resolver) as transport:
                 answer = await transport.post(f"http://innocent.example:{port}/ok", BODY, {})
             assert answer.status_code is None and answer.error_kind == "refused_target"
             assert "innocent.example resolves to no allowed address" in answer.error
             assert resolver.asked == ["innocent.example"]
-        async with lean(TargetPolicy(allow_http=True)) as transport:  # a literal address: refused before DNS
-            answer = await transport.post(f"http://127.0.0.1:{port}/ok", BODY, {})
-            assert answer.error_kind == "refused_target" and "loopback" in answer.error
+        async with lean(TargetPolicy(allow_http=True)) as transport:  # a literal address: decided when connecting
+            for spelling in ("127.0.0.1", "127.1", "0x7f000001", "[::ffff:127.0.0.1]"):
+                answer = await transport.post(f"http://{spelling}:{port}/ok", BODY, {})
+                assert answer.error_kind == "refused_target" and "loopback" in answer.error
         async with lean(TargetPolicy()) as transport:
             answer = await transport.post(f"http://hooks.example:{port}/ok", BODY, {})
             assert answer.error_kind == "refused_target" and "https://" in answer.error
         assert seen.requests == []
+
+
+async def test_a_name_whose_addresses_are_all_refused_is_not_connected_to():
+    """Each of a name's addresses is decided; the refusal names every one."""
+    async with aiohttp_server() as (seen, port):
+        resolver = FixedResolver("127.0.0.1", "192.0.2.1")
+        async with lean(TargetPolicy(allow_http=True), resolver=resolver, attempt_timeout=0.5) as transport:
+            answer = await transport.post(f"http://innocent.example:{port}/ok", BODY, {})
+        assert answer.status_code is None and answer.error_kind == "refused_target"
+        assert "127.0.0.1 is a loopback address" in answer.error and "192.0.2.1 is a documentation" in answer.error
+        assert seen.requests == [] and seen.peers == set()
 
 
 async def test_a_resolved_name_is_connected_to_at_the_address_that_was_checked():

@@ -45,14 +45,15 @@ class TryoutOutcome:
     error: str | None
 
 
-def check_tryout(url: str, event_type: str, custom_headers: Mapping[str, str], settings: DeliverySettings) -> None:
-    """Raises ``TryoutRefused`` for a tryout that breaks a rule (pure)."""
+def check_tryout(url: str, event_type: str, custom_headers: Mapping[str, str], settings: DeliverySettings) -> str:
+    """The URL in its normalised form (``normalize_target``); raises
+    ``TryoutRefused`` for a tryout that breaks a rule (pure)."""
     if event_type not in EVENT_TYPES:
         raise TryoutRefused("event_type", f"unknown event type {event_type!r}")
     try:
         check_url(url, allow_http=settings.allow_http)
         check_custom_headers(custom_headers, settings.vendor_prefix)
-        check_target_url(url, TargetPolicy.from_settings(settings))
+        return check_target_url(url, TargetPolicy.from_settings(settings))
     except WebhookRuleError as error:
         raise TryoutRefused(error.field, error.reason) from None
     except TargetRefused as refused:
@@ -62,8 +63,9 @@ def check_tryout(url: str, event_type: str, custom_headers: Mapping[str, str], s
 async def try_out(engine: AsyncEngine, signer: Signer, settings: DeliverySettings, *, org_id: int, url: str,
                   event_type: str, custom_headers: Mapping[str, str]) -> TryoutOutcome:
     """Sends the organization's newest event of ``event_type`` (or a sample),
-    signed as a delivery of its configuration of that type would be."""
-    check_tryout(url, event_type, custom_headers, settings)
+    signed as a delivery of its configuration of that type would be, to the
+    normalised URL (which the outcome shows)."""
+    url = check_tryout(url, event_type, custom_headers, settings)
     async with engine.connect() as conn:
         newest = await reads.newest_event_body(conn, org_id=org_id, event_type=event_type)
         config = await configurations.for_event_type(conn, org_id=org_id, event_type=event_type)

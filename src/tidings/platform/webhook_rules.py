@@ -1,9 +1,9 @@
 """The rules a webhook configuration must follow (CONTRACT.md sections 2 and 3).
 
 Pure functions, no I/O: each raises ``WebhookRuleError`` with a sentence that
-says what is wrong, which the API answers as a 4xx. Whether the target's
-address is private is not decided here (it needs name resolution): see
-``tidings.platform.targets``.
+says what is wrong, which the API answers as a 4xx. Where a target may
+point (its host normalised, credentials, private addresses) is decided by
+``tidings.platform.transport.guard``.
 """
 
 from __future__ import annotations

@@ -60,16 +60,23 @@ def rule_refusal(error: WebhookRuleError) -> HTTPException:
     return HTTPException(422, detail=f"{error.field}: {error.reason}")
 
 
-def check_target(url: str, settings: PlatformSettings) -> None:
-    """Refuses a URL that breaks the contract's rules or points at a private address."""
+def check_target(url: str, settings: PlatformSettings) -> str:
+    """The URL in the normalised form that is stored and connected to
+    (``normalize_target``); refuses one that breaks the contract's rules,
+    holds credentials, or points at an address that is not a target."""
     try:
         check_url(url, allow_http=settings.delivery.allow_http)
     except WebhookRuleError as error:
         raise rule_refusal(error) from None
     try:
-        check_target_url(url, TargetPolicy.from_settings(settings.delivery))
+        normalized = check_target_url(url, TargetPolicy.from_settings(settings.delivery))
     except TargetRefused as refused:
         raise HTTPException(422, detail=f"url: the target is refused: {refused.reason}") from None
+    try:
+        check_url(normalized, allow_http=settings.delivery.allow_http)  # its length, once written out
+    except WebhookRuleError as error:
+        raise rule_refusal(error) from None
+    return normalized
 
 
 def check_headers(headers: Mapping[str, str], settings: PlatformSettings) -> None:
@@ -99,7 +106,10 @@ async def load_config(conn: AsyncConnection, org: OrgContext, webhook_id: int) -
 async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_context),
                           platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     """Creates every item or none. Each configuration gets its own signing
-    secret (``whsec_...``), returned here and by ``GET /v2/webhooks/{id}/secret``."""
+    secret (``whsec_...``), returned here and by ``GET /v2/webhooks/{id}/secret``.
+    The URL is stored, and answered, in its normalised form (its host as the
+    SSRF guard reads it)."""
+    urls = []
     for item in body.items:
         try:
             check_event_type(item.event_type)
@@ -107,7 +117,7 @@ async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_
         except WebhookRuleError as error:
             raise rule_refusal(error) from None
         check_headers(item.custom_headers, platform.settings)
-        check_target(item.url, platform.settings)
+        urls.append(check_target(item.url, platform.settings))
     now = utcnow()
     try:
         async with platform.engine.begin() as conn:
@@ -117,9 +127,9 @@ async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_
             except WebhookRuleError as error:
                 raise HTTPException(409, detail=f"{error.field}: {error.reason}") from None
             created = []
-            for item in body.items:
+            for item, url in zip(body.items, urls, strict=True):
                 row = await configurations.create(
-                    conn, org_id=org.org_id, url=item.url, event_type=item.event_type,
+                    conn, org_id=org.org_id, url=url, event_type=item.event_type,
                     custom_headers=item.custom_headers, ordering=item.ordering, secret=generate_secret(), now=now)
                 created.append({**config_out(row), "secret": row.secret})
     except IntegrityError:  # a concurrent request created the same event type first
@@ -160,11 +170,11 @@ async def get_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_conte
             responses={404: {"model": Problem}})
 async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: OrgContext = Depends(org_context),
                          platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
-    """Changes ``url``, ``custom_headers`` and ``ordering``; fields left out keep their value."""
+    """Changes ``url`` (stored in its normalised form), ``custom_headers`` and
+    ``ordering``; fields left out keep their value."""
     changes: dict[str, Any] = {}
     if body.url is not None:
-        check_target(body.url, platform.settings)
-        changes["url"] = body.url
+        changes["url"] = check_target(body.url, platform.settings)
     if body.custom_headers is not None:
         check_headers(body.custom_headers, platform.settings)
         changes["custom_headers"] = body.custom_headers

@@ -9,7 +9,7 @@
 """
 
 from tidings.platform.transport.attempt import Outgoing, request_headers, sign_and_post
-from tidings.platform.transport.guard import TargetPolicy, TargetRefused, check_target_url
+from tidings.platform.transport.guard import TargetPolicy, TargetRefused, check_target_url, normalize_target
 from tidings.platform.transport.lean import LeanTransport
 from tidings.platform.transport.types import Answer, Transport
 
@@ -21,6 +21,7 @@ __all__ = [
     "TargetRefused",
     "Transport",
     "check_target_url",
+    "normalize_target",
     "request_headers",
     "sign_and_post",
 ]

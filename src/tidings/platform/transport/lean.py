@@ -5,10 +5,11 @@ the status of the answer, on asyncio protocols with keep-alive connections
 (one pool per scheme, host and port) and ``httptools`` parsing the answer.
 It keeps what ``AiohttpTransport`` guarantees:
 
-- the SSRF guard: ``check_target_url`` before each request, and when a new
-  connection is opened the name is resolved through ``GuardedResolver``, so
-  the connection goes to an address that was checked (never to the name
-  resolved a second time);
+- the SSRF guard: a URL is normalised once (``normalize_target``: its host
+  as the guard reads it, credentials refused), and every address a new
+  connection is about to be opened to, a literal target's or a resolved
+  name's, is decided by ``connect_address`` first; the socket is handed that
+  numeric address, never the name to resolve a second time;
 - one attempt timeout for everything (waiting for a free connection,
   resolving, connecting, TLS, writing, the whole answer);
 - no redirect followed (a 3xx is an answer like any other), no cookies, no
@@ -43,25 +44,26 @@ CPU per request, and the dispatcher's rate is bound by CPU
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
+import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
 from tidings.platform.retry import ErrorKind
 from tidings.platform.transport.guard import (
-    GuardedResolver,
     RefusedAddress,
     Resolver,
     SystemResolver,
     TargetPolicy,
     TargetRefused,
-    check_target_url,
+    connect_address,
+    normalize_target,
+    scheme_refusal,
 )
 from tidings.platform.transport.types import EXCERPT_CHARACTERS, USER_AGENT, Answer, describe, excerpt
 
@@ -168,26 +170,22 @@ class _Pool:
 
 
 def _target(url: str, policy: TargetPolicy) -> _Target:
+    """The URL normalised and its scheme checked; its addresses are decided when connecting."""
     target = _Target()
     try:
-        check_target_url(url, policy)
-        parts = urlsplit(url)
-        port = parts.port
+        normalized = normalize_target(url)
     except TargetRefused as refused:
         target.refusal = refused.reason
         return target
-    except ValueError as exc:
-        target.refusal = f"the URL cannot be read: {exc}"
+    target.refusal = scheme_refusal(normalized, policy)
+    if target.refusal is not None:
         return target
-    scheme = parts.scheme.lower()
-    hostname = (parts.hostname or "").rstrip(".") or parts.hostname or ""
+    parts = urlsplit(normalized)  # canonical: a lowercase A-label name or an IP literal, a valid port
+    port = parts.port
+    scheme = parts.scheme
+    host = parts.hostname or ""
     try:
-        host = hostname if hostname.isascii() else hostname.encode("idna").decode("ascii")
-    except UnicodeError:
-        target.refusal = f"the host {hostname!r} cannot be encoded for DNS"
-        return target
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        ipaddress.ip_address(host)
         literal = True
     except ValueError:
         literal = False
@@ -202,11 +200,7 @@ def _target(url: str, policy: TargetPolicy) -> _Target:
     path = quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
         path += "?" + quote(parts.query, safe=_QUERY_SAFE)
-    head = [f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n"]
-    if parts.username is not None:  # credentials in the URL: basic authentication, as aiohttp sends it
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        head.append(f"Authorization: Basic {base64.b64encode(pair).decode('ascii')}\r\n")
-    target.head_start = "".join(head)
+    target.head_start = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n"
     target.head_lines = target.head_start.count("\n")
     return target
 
@@ -351,8 +345,8 @@ class LeanTransport:
     """Posts over pooled keep-alive HTTP/1.1 connections (see the module's docstring).
 
     ``resolver`` resolves names (a ``Resolver``; the system's when ``None``);
-    unless the policy allows private targets, it is wrapped in
-    ``GuardedResolver``. ``ssl_context`` replaces the default
+    whatever it answers, each address is decided by ``connect_address``
+    before a socket is opened to it. ``ssl_context`` replaces the default
     verifying context (tests with their own certificate authority).
     """
 
@@ -362,8 +356,7 @@ class LeanTransport:
         self.attempt_timeout = attempt_timeout
         self._per_endpoint = max(1, per_endpoint)
         self._slots = _Slots(max(1, concurrency))
-        self._resolver = resolver
-        self._guard: GuardedResolver | None = None
+        self._resolver: Resolver = resolver if resolver is not None else SystemResolver()
         self._ssl_context = ssl_context
         self._targets: dict[str, _Target] = {}
         self._pools: dict[tuple, _Pool] = {}
@@ -487,35 +480,47 @@ class LeanTransport:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS / 2, self._sweep)
 
     async def _connect(self, target: _Target, loop: asyncio.AbstractEventLoop) -> _Connection:
-        addresses = [(0, target.host)] if target.literal else await self._resolve(target)
+        """A new connection to the target. The SSRF decision is made here, on
+        each address just before a socket is opened to it (``connect_address``),
+        and the socket gets that numeric address (``AI_NUMERICHOST``: nothing
+        is resolved again)."""
+        if target.literal:
+            candidates = [target.host]
+        else:
+            candidates = [address for _, address in await self._resolve(target)]
         context = None
         if target.scheme == "https":
             context = self._ssl_context or _default_ssl_context()
         failure: BaseException | None = None
-        for family, address in addresses:
+        refusals = []
+        for candidate in candidates:
+            try:
+                address = connect_address(candidate, self.policy)
+            except RefusedAddress as refused:
+                refusals.append(refused.reason)
+                continue
+            family = socket.AF_INET if address.version == 4 else socket.AF_INET6
             try:
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop), address, target.port, family=family, ssl=context,
-                    server_hostname=target.server_hostname)
+                    lambda: _Connection(loop), str(address), target.port, family=family,
+                    flags=socket.AI_NUMERICHOST, ssl=context, server_hostname=target.server_hostname)
                 return connection
             except (OSError, ssl.SSLError, ssl.CertificateError) as exc:
                 failure = exc
-        raise failure if failure is not None else OSError(f"{target.host} resolves to no address")
+        if failure is not None:
+            raise failure
+        if refusals and target.literal:
+            raise RefusedAddress(refusals[0])
+        if refusals:
+            raise RefusedAddress(f"{target.host} resolves to no allowed address ({'; '.join(refusals)})")
+        raise OSError(f"{target.host} resolves to no address")
 
     async def _resolve(self, target: _Target) -> list[tuple[int, str]]:
         now = time.monotonic()
         cached = self._names.get(target.host)
         if cached is not None and cached[0] > now:
             return cached[1]
-        if self.policy.allow_private:
-            if self._resolver is None:
-                self._resolver = SystemResolver()
-            resolver = self._resolver
-        else:
-            if self._guard is None:
-                self._guard = GuardedResolver(self._resolver)
-            resolver = self._guard
-        addresses = await resolver.resolve(target.host, target.port)
+        addresses = await self._resolver.resolve(target.host, target.port)
         if len(self._names) > 10_000:
             self._names.clear()
         self._names[target.host] = (now + DNS_TTL, addresses)
@@ -579,10 +584,7 @@ class LeanTransport:
             pool.idle.clear()
         self._pools.clear()
         self._targets.clear()
-        if self._guard is not None:
-            await self._guard.close()
-        elif self._resolver is not None:
-            await self._resolver.close()
+        await self._resolver.close()
 
 
 _SENT, _AGENT, _FRAMING_HEADER, _INVALID = "sent", "agent", "framing", "invalid"
