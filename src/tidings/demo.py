@@ -11,6 +11,7 @@ show on the dashboard.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import contextlib
 import os
 import secrets
@@ -92,6 +93,13 @@ def summary_line(state: DemoState, elapsed: float) -> str:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _die_with_the_demo() -> None:
+    """In the child: SIGTERM when the demo dies, however it dies (Linux), since
+    its servers are in sessions of their own and get no terminal signal."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 async def _tidings(*args: str, log: Path, env: dict[str, str] | None = None,
                    sockets: tuple[socket.socket, ...] = ()) -> asyncio.subprocess.Process:
     """Starts a ``tidings`` sub-command, its output going to ``log`` (``env``:
@@ -104,7 +112,7 @@ async def _tidings(*args: str, log: Path, env: dict[str, str] | None = None,
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tidings.cli", *args, stdout=handle, stderr=handle, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, **(env or {})},
-            pass_fds=tuple(sock.fileno() for sock in sockets))
+            pass_fds=tuple(sock.fileno() for sock in sockets), preexec_fn=_die_with_the_demo)
     finally:
         handle.close()
 
