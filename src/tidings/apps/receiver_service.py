@@ -45,7 +45,7 @@ CONFIG_ENV = "TIDINGS_RECEIVER_CONFIG"
 
 # While requests come in, the background work takes a bounded share: at most
 # BUSY_BATCH events per BUSY_PAUSE, about 1,000 events/s; it catches up when
-# the load eases. Measured: unpaced, projection halved the acknowledgement rate.
+# the load eases; unpaced, projection halves the acknowledgement rate (bench/receive.py).
 BUSY_PAUSE = 0.1
 BUSY_BATCH = 100
 PROJECTION_BATCH = 100
@@ -139,8 +139,8 @@ class ReceiverService:
         if handlers is not None:
             self.handlers.extend(handlers)
         # Small batches: the projection's write transaction holds the database's
-        # writers up while it runs (measured: 500-event batches from the follower
-        # put the acknowledgement p99 at 2,000/s above 100 ms).
+        # writers up while it runs, and large ones show in the acknowledgement
+        # p99 (bench/receive.py).
         self.projector = InboxProjector(self.log, batch_size=PROJECTION_BATCH, gap_wait=config.gap_wait)
         self.runner = HandlerRunner(
             self.log, self.handlers, self._write, backoff_base=config.backoff_base, backoff_cap=config.backoff_cap
@@ -314,10 +314,9 @@ def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 800
 
     The projection and the handlers run in a process of their own, the
     follower, which holds the background lease; request workers take the
-    lease over only if the follower dies. Measured (bench/receive.py, latency
-    at 2,000 events/s): projection inside a request worker shared its GIL and
-    raised the acknowledgement p99 (38.6 against 19.8 ms, 18.4 against 15.4 ms
-    in two A/B pairs without it). uvloop and httptools are used when installed.
+    lease over only if the follower dies: projection inside a request worker
+    shares its GIL and raises the acknowledgement p99 (bench/receive.py).
+    uvloop and httptools are used when installed.
     """
     import multiprocessing
 

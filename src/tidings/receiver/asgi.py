@@ -7,9 +7,9 @@ Requests to ``path`` (or ``path/<secret>``) go to the receiver and ``GET
 /health`` is answered; everything else goes to ``fallback``, or gets 404
 without one. Without a fallback the app serves nothing that was stored: it
 is what faces the internet, while the inbox and the read API are served on
-a listener of their own (``tidings.apps.receiver_admin``). Measured on this
-machine, a FastAPI route costs about as much again as this whole app, hence
-no router on this path.
+a listener of their own (``tidings.apps.receiver_admin``). No router on
+this path: a FastAPI route costs about as much again as this whole app
+(``bench/receive.py``).
 """
 
 from __future__ import annotations

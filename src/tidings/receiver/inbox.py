@@ -97,10 +97,10 @@ class InboxProjector:
 
     A step reads and merges outside any write transaction (the projector is
     the only writer of the inbox tables: one lease holder per database), then
-    writes in a short one, guarded by the cursor it started from. Measured:
-    projecting inside the request writer's thread, with the contract's models,
-    held up acknowledgements (3,900 -> 1,600 events/s); reading the raw JSON
-    and writing briefly keeps the projection off the request path's back.
+    writes in a short one, guarded by the cursor it started from: projecting
+    inside the request writer's thread, with the contract's models, held
+    acknowledgements up, while reading the raw JSON and writing briefly keeps
+    the projection off the request path's back (``bench/receive.py``).
 
     Events that carry a sequence are applied in sequence order per key
     (``sequencing``): one beyond the next in line is held until the hole

