@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -39,6 +39,7 @@ from tidings.platform.conversations import (
     message_from_row,
 )
 from tidings.platform.deliveries.outbox import write_events
+from tidings.store.pairs import pair_condition, select_pairs
 from tidings.store.platform_tables import businesses, conversations, custom_channels, messages
 
 
@@ -277,7 +278,7 @@ def _by_id(table):
 
 
 def _by_pair(columns, *pair):
-    return select(*columns).where(tuple_(*pair).in_(bindparam("pairs", expanding=True)))
+    return select(*columns).where(pair_condition(*pair))
 
 
 # The reads, built once: building such a statement costs more than running it.
@@ -298,12 +299,12 @@ def _stored_messages(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple
     """(channel, external message id) -> (message id, conversation id) of those already stored."""
     if not keys:
         return {}
-    rows = conn.execute(_STORED_MESSAGES, {"pairs": sorted(keys)})
+    rows = select_pairs(conn, _STORED_MESSAGES, keys)
     return {(row[0], row[1]): (row[2], row[3]) for row in rows}
 
 
 def _stored_conversations(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    rows = conn.execute(_STORED_CONVERSATIONS, {"pairs": sorted(keys)})
+    rows = select_pairs(conn, _STORED_CONVERSATIONS, keys)
     return {(row.custom_channel_id, row.external_conversation_id): dict(row._mapping) for row in rows}
 
 

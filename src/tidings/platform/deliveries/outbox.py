@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import bindparam, insert, select, tuple_
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -37,6 +37,7 @@ from tidings.platform import configurations
 from tidings.platform.deliveries.statuses import HELD, PENDING, QUEUED, UNFINISHED
 from tidings.platform.deliveries.wakeup import mark_deliveries_written
 from tidings.platform.webhook_rules import BY_CONVERSATION
+from tidings.store.pairs import pair_condition, select_pairs
 from tidings.store.platform_tables import deliveries, delivery_sequences, events
 
 __all__ = ["initial_status", "new_webhook_id", "record_event", "record_events", "write_events"]
@@ -139,7 +140,7 @@ _INSERT_DELIVERIES = insert(deliveries)
 _UPSERT_SEQUENCES = {"postgresql": _upsert_sequences(postgresql), "sqlite": _upsert_sequences(sqlite)}
 _UNFINISHED_PAIRS = (
     select(deliveries.c.webhook_config_id, deliveries.c.conversation_id).distinct()
-    .where(tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id).in_(bindparam("pairs", expanding=True)),
+    .where(pair_condition(deliveries.c.webhook_config_id, deliveries.c.conversation_id),
            deliveries.c.status.in_(UNFINISHED)))
 
 
@@ -164,7 +165,7 @@ def _with_unfinished(conn: Connection, keys: list[tuple[int, int]]) -> set[tuple
     """Which (configuration, conversation) pairs have a delivery still to finish."""
     if not keys:
         return set()
-    return {tuple(row) for row in conn.execute(_UNFINISHED_PAIRS, {"pairs": keys}).all()}
+    return {tuple(row) for row in select_pairs(conn, _UNFINISHED_PAIRS, keys)}
 
 
 async def record_event(conn: AsyncConnection, *, org_id: int, event: MessageEvent, signer: Signer,

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.platform import configurations
 from tidings.platform.deliveries.statuses import DELIVERED, HEAD, QUEUED
+from tidings.store.pairs import pairs_in
 from tidings.store.platform_tables import attempts, deliveries, events, webhook_configs
 
 PAGE_SIZE = 100
@@ -315,7 +316,7 @@ async def conversation_heads(conn: AsyncConnection, org_id: int,
         return {}
     rows = (await conn.execute(
         select(*_HEAD_COLUMNS)
-        .where(tuple_(deliveries.c.webhook_config_id, deliveries.c.conversation_id).in_(wanted),
+        .where(pairs_in(deliveries.c.webhook_config_id, deliveries.c.conversation_id, wanted),
                deliveries.c.status.in_(HEAD), deliveries.c.org_id == org_id)
         .order_by(deliveries.c.sequence.desc())
     )).all()
