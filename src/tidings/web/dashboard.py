@@ -199,7 +199,7 @@ async def sign_in(
         response.status_code = 401
         return response
     response = RedirectResponse(session.safe_next(next), status_code=303)
-    session.start_session(response, request, key, chosen_org if org.key_kind == "provider" else None)
+    await session.start_session(response, request, org)
     return response
 
 
@@ -207,7 +207,7 @@ async def sign_in(
 async def sign_out(request: Request) -> Response:
     check_same_origin(request)
     response = RedirectResponse(PREFIX + "/sign-in", status_code=303)
-    session.end_session(response)
+    await session.end_session(response, request)
     return response
 
 

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tidings.contract import MessageCreated, MessageUpdated
-from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, webhook_routes
+from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, key_routes, webhook_routes
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
@@ -102,6 +102,7 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     app.include_router(conversation_routes.router)
     app.include_router(directory_routes.router)
     app.include_router(delivery_routes.router)
+    app.include_router(key_routes.router)
 
     @app.webhooks.post("message_created")
     def message_created(event: MessageCreated) -> None:

@@ -2,7 +2,9 @@
 
 An organization key acts for its own organization. A PROVIDER key manages
 several organizations and names one with the ``org_id`` query parameter.
-Only a SHA-256 of each key is stored.
+Only a SHA-256 of each key is stored. A revoked key is refused: keys found
+are cached for less than a second (``KnownKeys``), so every process stops
+honouring one within a second of its revocation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import APIKeyHeader
 from sqlalchemy import select
 
+from tidings.contract import utcnow
 from tidings.platform.api.context import PlatformContext, platform_context
+from tidings.platform.api_keys import note_use, use_is_stale
+from tidings.store.engine import begin_write
 from tidings.store.platform_tables import api_keys, provider_organizations
 
 ORG_KEY = "org"
@@ -54,11 +59,13 @@ async def org_context(
     if row is None:
         async with platform.engine.connect() as conn:
             row = (await conn.execute(
-                select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id).where(api_keys.c.key_hash == key_hash)
+                select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id, api_keys.c.last_used_at)
+                .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
             )).first()
         if row is None:
             raise HTTPException(401, "unknown API key")
         platform.known_keys.put(("key", key_hash), row)
+        await note_use_if_stale(platform, row.id, row.last_used_at)
     if row.kind == ORG_KEY:
         if org_id is not None and org_id != row.org_id:
             raise HTTPException(403, "this key belongs to another organization")
@@ -75,3 +82,12 @@ async def org_context(
             raise HTTPException(403, "this PROVIDER key does not manage that organization")
         platform.known_keys.put(("manages", row.id, org_id), True)
     return OrgContext(org_id=org_id, api_key_id=row.id, key_kind=PROVIDER_KEY)
+
+
+async def note_use_if_stale(platform: PlatformContext, key_id: int, last_used_at) -> None:
+    """Records the key's use when the stored one is a minute old: a write per key
+    and minute at most, only when the key was not in the cache."""
+    now = utcnow()
+    if use_is_stale(last_used_at, now):
+        async with begin_write(platform.engine) as conn:
+            await note_use(conn, key_id=key_id, now=now)

@@ -12,12 +12,17 @@ from tidings.contract.signing import Signer
 from tidings.platform.settings import PlatformSettings
 
 
+# How long a key found stays trusted without asking the database: a key revoked
+# by another process stops working within this time.
+KNOWN_KEY_TTL = 0.5
+
+
 class KnownKeys:
     """Keys found recently, so that a busy client does not cost a query per
     request. Only hits are kept, for ``ttl`` seconds: a new key works at once,
-    and keys are never changed in place (there is nothing to invalidate)."""
+    and a revoked one is forgotten by every process within ``ttl``."""
 
-    def __init__(self, ttl: float = 30.0, size: int = 10_000) -> None:
+    def __init__(self, ttl: float = KNOWN_KEY_TTL, size: int = 10_000) -> None:
         self.ttl = ttl
         self.size = size
         self._found: dict[tuple, tuple[float, object]] = {}
@@ -27,6 +32,10 @@ class KnownKeys:
         if hit is None or hit[0] < time.monotonic():
             return None
         return hit[1]
+
+    def forget_all(self) -> None:
+        """Drops every key found (this process revoked one)."""
+        self._found.clear()
 
     def put(self, key: tuple, value: object) -> None:
         if len(self._found) >= self.size:
