@@ -12,7 +12,6 @@ import subprocess
 import time
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from tests.cli_support import run_tidings

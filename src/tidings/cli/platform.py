@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ import typer
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from tidings.cli.errors import CliError
+from tidings.cli.secrets_key import SecretsKeyFile
 from tidings.store import DEFAULT_DB_URL
 
 T = TypeVar("T")
@@ -172,6 +174,24 @@ def key_revoke(key_id: int = typer.Argument(..., help="the key's id, from `tidin
     if not in_transaction(db, lambda conn: api_keys.revoke(conn, key_id=key_id, org_id=None, now=utcnow())):
         raise CliError(f"no live API key with id {key_id}")
     print_json({"revoked": key_id})
+
+
+@db_app.command("reencrypt", help="Encrypt every webhook secret and custom-header value under the newest "
+                                  "secrets key (after `tidings keys secrets-key --rotate`, or for rows in clear).")
+def db_reencrypt(
+    db: str = DbOption,
+    secrets_key_file: SecretsKeyFile = None,
+    data_dir: Path = typer.Option(Path(".tidings"), "--data-dir", help="where `tidings serve` keeps secrets.key"),
+) -> None:
+    from tidings.cli.secrets_key import use_secrets_keys
+    from tidings.platform.sealed import UnreadableSecret, reseal_configurations
+
+    use_secrets_keys(secrets_key_file, data_dir, create=False)
+    try:
+        changed = in_transaction(db, lambda conn: reseal_configurations(conn))
+    except UnreadableSecret as exc:
+        raise CliError(f"{exc}: keep the older key in the file until every row is re-encrypted") from None
+    print_json({"reencrypted": changed})
 
 
 @db_app.command("upgrade", help="Bring the database to the newest schema.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import typer
 
@@ -27,6 +28,7 @@ from tidings.cli.delivery_options import (
     RetryFactor,
     VendorPrefix,
 )
+from tidings.cli.secrets_key import SecretsKeyFile, use_secrets_keys
 from tidings.cli.serve import prepare_database
 from tidings.cli.keys import read_private_key
 from tidings.contract.signing import DEFAULT_VENDOR_PREFIX, Signer
@@ -55,8 +57,12 @@ def worker_command(
     poll_interval: PollInterval = DEFAULTS.poll_interval,
     worker_id: str | None = typer.Option(None, "--worker-id", help="this worker's name (default: host:pid:random)"),
     migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="bring the database schema up to date first"),
+    secrets_key_file: SecretsKeyFile = None,
+    data_dir: Path = typer.Option(Path(".tidings"), "--data-dir",
+                                  help="where `tidings serve` keeps its secrets key (secrets.key)"),
 ) -> None:
     """Deliver every due webhook delivery of the database, until stopped."""
+    use_secrets_keys(secrets_key_file, data_dir, create=False)
     signer = Signer(read_private_key(signing_key), vendor_prefix=vendor_prefix)
     settings = DeliverySettings(
         max_retries=max_retries, retry_base=retry_base, retry_factor=retry_factor, attempt_timeout=attempt_timeout,

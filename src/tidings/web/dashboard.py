@@ -301,7 +301,7 @@ async def test_send(
     try:
         outcome = await try_out(platform.engine, platform.signer, platform.settings.delivery, org_id=org.org_id,
                                 url=config.url, event_type=config.event_type,
-                                custom_headers=dict(config.custom_headers or {}))
+                                custom_headers=configurations.clear_headers(config))
     except TryoutRefused as refused:
         return back_to(PREFIX + "/configurations", f"Test event to {config.url} refused: {refused}", "error")
     text, kind = tryout_summary(dataclasses.asdict(outcome))

@@ -35,7 +35,7 @@ from tidings.platform.api.models import (
 )
 from tidings.platform.deliveries import actions
 from tidings.platform.settings import PlatformSettings
-from tidings.platform.transport import TargetPolicy, TargetRefused, check_target_url
+from tidings.platform.transport import MASKED, TargetPolicy, TargetRefused, check_target_url
 from tidings.platform.webhook_rules import (
     MAX_PER_PAGE,
     WebhookRuleError,
@@ -90,7 +90,8 @@ def config_out(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "url": row.url, "event_type": row.event_type,
         "created_at": format_iso_z(row.created_at), "updated_at": format_iso_z(row.updated_at),
-        "org_id": row.org_id, "custom_headers": dict(row.custom_headers or {}), "ordering": row.ordering,
+        "org_id": row.org_id, "custom_headers": {name: MASKED for name in row.custom_headers or {}},
+        "ordering": row.ordering,
     }
 
 
@@ -128,10 +129,11 @@ async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_
                 raise HTTPException(409, detail=f"{error.field}: {error.reason}") from None
             created = []
             for item, url in zip(body.items, urls, strict=True):
+                secret = generate_secret()
                 row = await configurations.create(
                     conn, org_id=org.org_id, url=url, event_type=item.event_type,
-                    custom_headers=item.custom_headers, ordering=item.ordering, secret=generate_secret(), now=now)
-                created.append({**config_out(row), "secret": row.secret})
+                    custom_headers=item.custom_headers, ordering=item.ordering, secret=secret, now=now)
+                created.append({**config_out(row), "secret": secret})
     except IntegrityError:  # a concurrent request created the same event type first
         raise HTTPException(409, detail="event_type: this organization already has a configuration for it") from None
     return {"items": created}
@@ -208,8 +210,10 @@ async def delete_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_co
 def secret_out(row: Any, now: float) -> dict[str, Any]:
     expires = row.previous_secret_expires_at
     if row.previous_secret is None or expires is None or expires <= now:
-        return {"secret": row.secret, "previous_secret": None, "previous_secret_expires_at": None}
-    return {"secret": row.secret, "previous_secret": row.previous_secret,
+        return {"secret": configurations.clear_secret(row.secret), "previous_secret": None,
+                "previous_secret_expires_at": None}
+    return {"secret": configurations.clear_secret(row.secret),
+            "previous_secret": configurations.clear_secret(row.previous_secret),
             "previous_secret_expires_at": format_iso_z(datetime.fromtimestamp(expires, UTC))}
 
 

@@ -2,7 +2,8 @@
 
 API keys get a prefix (for lists), a last use and a revocation time; the
 dashboard's sessions are rows holding the SHA-256 of their id; a webhook
-configuration's secrets grow to hold a Fernet token.
+configuration's secrets grow to hold a Fernet token; the custom headers'
+values in attempts already recorded are masked.
 
 Revision ID: a7c3e91f2b40
 Revises: de8d93eb7f77
@@ -20,6 +21,32 @@ branch_labels = None
 depends_on = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
+_BATCH = 1000
+_MASKED = "********"
+
+
+def masked_custom_values(headers: dict) -> dict:
+    """An attempt's recorded headers with every possible custom header's value
+    masked: any ``X-`` header but the default vendor's (``X-Tidings-``)."""
+    return {name: _MASKED if name.lower().startswith("x-") and not name.lower().startswith("x-tidings-") else value
+            for name, value in headers.items()}
+
+
+def _mask_recorded_attempts() -> None:
+    """Masks the custom headers' values in the attempts already recorded, a batch at a time."""
+    connection = op.get_bind()
+    table = sa.table('attempts', sa.column('id', sa.BigInteger), sa.column('request_headers', sa.JSON))
+    after = -1
+    while True:
+        rows = connection.execute(sa.select(table.c.id, table.c.request_headers).where(table.c.id > after)
+                                  .order_by(table.c.id).limit(_BATCH)).all()
+        if not rows:
+            return
+        for row_id, headers in rows:
+            masked = masked_custom_values(headers or {})
+            if masked != headers:
+                connection.execute(table.update().where(table.c.id == row_id).values(request_headers=masked))
+        after = rows[-1][0]
 
 
 def upgrade() -> None:
@@ -45,6 +72,7 @@ def upgrade() -> None:
                            existing_nullable=False)
         batch.alter_column('previous_secret', existing_type=sa.String(length=100), type_=sa.String(length=500),
                            existing_nullable=True)
+    _mask_recorded_attempts()
 
 
 def downgrade() -> None:
