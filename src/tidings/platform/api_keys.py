@@ -13,13 +13,13 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.store.platform_tables import api_keys, dashboard_sessions
 
 __all__ = ["KEY_PREFIX_LENGTH", "LAST_USE_EVERY", "SESSION_LIFETIME", "end_session", "find_session", "key_prefix",
-           "list_all_keys", "list_org_keys", "new_session_id", "note_use", "open_session", "revoke", "session_hash", "use_is_stale"]
+           "list_all_keys", "list_org_keys", "new_session_id", "note_use", "open_session", "revocation_count", "revoke", "session_hash", "use_is_stale"]
 
 KEY_PREFIX_LENGTH = 12  # "tdk_" and 8 random characters: enough to tell keys apart, nothing to guess from
 LAST_USE_EVERY = timedelta(minutes=1)  # a key's last use is written at most this often
@@ -70,6 +70,12 @@ async def revoke(conn: AsyncConnection, *, key_id: int, org_id: int | None, now:
     if revoked:
         await conn.execute(delete(dashboard_sessions).where(dashboard_sessions.c.api_key_id == key_id))
     return bool(revoked)
+
+
+async def revocation_count(conn: AsyncConnection) -> int:
+    """How many keys were ever revoked: a change means a revocation somewhere."""
+    return (await conn.execute(select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_not(None))
+                               )).scalar_one()
 
 
 async def note_use(conn: AsyncConnection, *, key_id: int, now: datetime) -> None:

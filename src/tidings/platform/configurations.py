@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import EventType
-from tidings.platform.sealed import sealer
+from tidings.platform.sealed import open_value, sealer
 from tidings.store.platform_tables import webhook_configs
 
 __all__ = ["clear_headers", "clear_secret", "count_of_organization", "create", "event_type_ids", "event_types",
@@ -121,7 +121,7 @@ def live_secrets(secret: str, previous_secret: str | None, previous_expires_at: 
 
 def clear_secret(stored: str | None) -> str | None:
     """A stored secret, decrypted."""
-    return None if stored is None else sealer().open(stored)
+    return None if stored is None else open_value(stored)
 
 
 def secrets_now(config: Any, now: float) -> list[str]:
@@ -132,4 +132,4 @@ def secrets_now(config: Any, now: float) -> list[str]:
 
 def clear_headers(config: Any) -> dict[str, str]:
     """The custom headers of ``config`` (a row as stored), decrypted: what is sent."""
-    return sealer().open_headers(config.custom_headers)
+    return {name: open_value(value) for name, value in (config.custom_headers or {}).items()}

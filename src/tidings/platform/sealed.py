@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.store.platform_tables import webhook_configs
 
-__all__ = ["SEALED_PREFIX", "NoSecretsKey", "Sealer", "UnreadableSecret", "is_sealed", "new_key", "parse_keys",
+__all__ = ["SEALED_PREFIX", "NoSecretsKey", "Sealer", "UnreadableSecret", "is_sealed", "new_key", "open_value", "parse_keys",
            "reseal_configurations", "sealer", "use_keys"]
 
 SEALED_PREFIX = "fernet:"  # marks a stored value as encrypted; clear values from before never start so
@@ -117,6 +117,11 @@ def sealer() -> Sealer:
     if _current is None:
         raise NoSecretsKey("no secrets key: pass --secrets-key-file or set TIDINGS_SECRETS_KEY")
     return _current
+
+
+def open_value(stored: str) -> str:
+    """The clear value of ``stored``: a value stored in clear needs no key."""
+    return sealer().open(stored) if is_sealed(stored) else stored
 
 
 def resealed(row: Any, box: Sealer, *, clear_only: bool) -> dict[str, Any]:

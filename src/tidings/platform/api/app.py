@@ -7,6 +7,7 @@ models.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from tidings.contract import MessageCreated, MessageUpdated
 from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, key_routes, webhook_routes
+from tidings.platform.api.auth import watch_revocations
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
@@ -76,9 +78,11 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await partners.start()
+        revocations = asyncio.create_task(watch_revocations(context), name="revocations")
         try:
             yield
         finally:
+            revocations.cancel()
             await partners.stop()
             await ingest_queue.stop()
 

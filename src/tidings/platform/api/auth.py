@@ -2,15 +2,20 @@
 
 An organization key acts for its own organization. A PROVIDER key manages
 several organizations and names one with the ``org_id`` query parameter.
-Only a SHA-256 of each key is stored. A revoked key is refused: keys found
-are cached for less than a second (``KnownKeys``), so every process stops
-honouring one within a second of its revocation.
+Only a SHA-256 of each key is stored. A revoked key is refused: each
+process looks for new revocations four times a second and then forgets the
+keys it had found (``watch_revocations``), so every process stops honouring
+a key within a second of its revocation, while the ingestion fast path keeps
+its cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
+import time
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Query, Request
@@ -19,11 +24,14 @@ from sqlalchemy import select
 
 from tidings.contract import utcnow
 from tidings.platform.api.context import PlatformContext, platform_context
-from tidings.platform.api_keys import note_use, use_is_stale
+from tidings.platform.api_keys import note_use, revocation_count, use_is_stale
 from tidings.store.engine import begin_write
 from tidings.store.platform_tables import api_keys, provider_organizations
 
+log = logging.getLogger("tidings.auth")
+
 ORG_KEY = "org"
+REVOCATION_CHECK_INTERVAL = 0.25  # seconds between two looks for keys revoked by another process
 PROVIDER_KEY = "provider"
 
 api_key_header = APIKeyHeader(name="x-APIKey", auto_error=False, description="An organization or PROVIDER API key")
@@ -91,3 +99,24 @@ async def note_use_if_stale(platform: PlatformContext, key_id: int, last_used_at
     if use_is_stale(last_used_at, now):
         async with begin_write(platform.engine) as conn:
             await note_use(conn, key_id=key_id, now=now)
+
+
+async def watch_revocations(platform: PlatformContext, *, interval: float = REVOCATION_CHECK_INTERVAL) -> None:
+    """Empties the cache of keys found whenever the number of revoked keys
+    changes, until cancelled; if it cannot look for a second, it empties the
+    cache anyway, so that no revoked key outlives a second."""
+    seen: int | None = None
+    looked_at = time.monotonic()
+    while True:
+        try:
+            async with platform.engine.connect() as conn:
+                count = await revocation_count(conn)
+            looked_at = time.monotonic()
+            if seen is not None and count != seen:
+                platform.known_keys.forget_all()
+            seen = count
+        except Exception as error:  # the database may be away for a while: keep looking
+            log.warning("cannot look for revoked API keys: %s", error)
+            if time.monotonic() - looked_at > 1.0:
+                platform.known_keys.forget_all()
+        await asyncio.sleep(interval)

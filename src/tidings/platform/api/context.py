@@ -12,17 +12,13 @@ from tidings.contract.signing import Signer
 from tidings.platform.settings import PlatformSettings
 
 
-# How long a key found stays trusted without asking the database: a key revoked
-# by another process stops working within this time.
-KNOWN_KEY_TTL = 0.5
-
-
 class KnownKeys:
     """Keys found recently, so that a busy client does not cost a query per
-    request. Only hits are kept, for ``ttl`` seconds: a new key works at once,
-    and a revoked one is forgotten by every process within ``ttl``."""
+    request. Only hits are kept, for ``ttl`` seconds: a new key works at once.
+    A revocation empties the cache: at once in the process that revoked, and
+    within ``auth.REVOCATION_CHECK_INTERVAL`` in every other one (``auth.watch_revocations``)."""
 
-    def __init__(self, ttl: float = KNOWN_KEY_TTL, size: int = 10_000) -> None:
+    def __init__(self, ttl: float = 30.0, size: int = 10_000) -> None:
         self.ttl = ttl
         self.size = size
         self._found: dict[tuple, tuple[float, object]] = {}

@@ -58,14 +58,15 @@ def request_headers(signer: Signer, *, body: bytes, webhook_id: str, vendor_sign
 
 
 def masked_headers(headers: Mapping[str, str], custom_headers: Mapping[str, str] | None) -> dict[str, str]:
-    """``headers`` with the value of each custom header replaced by ``MASKED`` (pure).
+    """``headers`` with the value of each custom header replaced by ``MASKED``,
+    unless a header of the protocol took its place (pure).
 
-    >>> masked_headers({"X-Token": "t0k", "webhook-id": "msg_1"}, {"X-Token": "t0k"})
-    {'X-Token': '********', 'webhook-id': 'msg_1'}
+    >>> masked_headers({"X-Token": "t0k", "X-Seq": "7", "webhook-id": "msg_1"}, {"X-Token": "t0k", "X-Seq": "x"})
+    {'X-Token': '********', 'X-Seq': '7', 'webhook-id': 'msg_1'}
     """
     if not custom_headers:
         return dict(headers)
-    return {name: MASKED if name in custom_headers else value for name, value in headers.items()}
+    return {name: MASKED if custom_headers.get(name) == value else value for name, value in headers.items()}
 
 
 async def sign_and_post(signer: Signer, transport: Transport, outgoing: Outgoing) -> tuple[dict[str, str], Answer]:
