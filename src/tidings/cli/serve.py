@@ -111,11 +111,17 @@ def prepare_database(db: str) -> None:
 
 
 async def seal_clear_secrets(engine) -> None:
-    """Encrypts the secrets still stored in clear (rows from before encryption at rest)."""
-    from tidings.platform.sealed import reseal_configurations
+    """Checks that the secrets key opens the stored secrets, and encrypts those
+    still stored in clear (rows from before encryption at rest)."""
+    from tidings.platform.sealed import UnreadableSecret, check_keys_open, reseal_configurations
     from tidings.store.engine import begin_write
 
     async with begin_write(engine) as conn:
+        try:
+            await check_keys_open(conn)
+        except UnreadableSecret:
+            raise CliError("the secrets key does not decrypt the secrets in the database: start with the key "
+                           "they were encrypted with (--secrets-key-file, TIDINGS_SECRETS_KEY)") from None
         if sealed := await reseal_configurations(conn, clear_only=True):
             log.info("encrypted the secrets of %d webhook configurations stored in clear", sealed)
 

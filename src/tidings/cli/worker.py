@@ -28,6 +28,7 @@ from tidings.cli.delivery_options import (
     RetryFactor,
     VendorPrefix,
 )
+from tidings.cli.errors import CliError
 from tidings.cli.secrets_key import SecretsKeyFile, use_secrets_keys
 from tidings.cli.serve import prepare_database
 from tidings.cli.keys import read_private_key
@@ -84,11 +85,25 @@ def _run(coroutine) -> None:
         uvloop.run(coroutine)
 
 
+async def check_secrets_key(engine) -> None:
+    """One clear line, before delivering, when the secrets key is not the one the secrets were encrypted with."""
+    from tidings.platform.sealed import UnreadableSecret, check_keys_open
+
+    async with engine.connect() as conn:
+        try:
+            await check_keys_open(conn)
+        except UnreadableSecret:
+            await engine.dispose()
+            raise CliError("the secrets key does not decrypt the secrets in the database: give the worker the key "
+                           "`tidings serve` uses (--secrets-key-file, TIDINGS_SECRETS_KEY)") from None
+
+
 async def _work(db: str, signer: Signer, settings: DeliverySettings, concurrency: int, worker_id: str | None) -> None:
     from tidings.platform.workers import build_dispatcher
     from tidings.store.engine import create_engine
 
     engine = create_engine(db)
+    await check_secrets_key(engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

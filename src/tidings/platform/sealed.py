@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.store.platform_tables import webhook_configs
 
-__all__ = ["SEALED_PREFIX", "NoSecretsKey", "Sealer", "UnreadableSecret", "is_sealed", "new_key", "open_value", "parse_keys",
+__all__ = ["SEALED_PREFIX", "NoSecretsKey", "Sealer", "UnreadableSecret", "check_keys_open", "is_sealed", "new_key", "open_value", "parse_keys",
            "reseal_configurations", "sealer", "use_keys"]
 
 SEALED_PREFIX = "fernet:"  # marks a stored value as encrypted; clear values from before never start so
@@ -139,6 +139,15 @@ def resealed(row: Any, box: Sealer, *, clear_only: bool) -> dict[str, Any]:
     if (new_headers := {name: redo(value) for name, value in headers.items()}) != headers:
         changes["custom_headers"] = new_headers
     return changes
+
+
+async def check_keys_open(conn: AsyncConnection) -> None:
+    """Raises ``UnreadableSecret`` if the keys do not decrypt a stored secret
+    (a process started with another key than the one the rows were sealed with)."""
+    stored = (await conn.execute(select(webhook_configs.c.secret)
+                                 .where(webhook_configs.c.secret.startswith(SEALED_PREFIX)).limit(1))).scalar()
+    if stored is not None:
+        sealer().open(stored)
 
 
 async def reseal_configurations(conn: AsyncConnection, *, clear_only: bool = False) -> int:
