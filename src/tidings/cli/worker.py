@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -121,8 +122,12 @@ async def _work(db: str, signer: Signer, settings: DeliverySettings, concurrency
 
 
 def main() -> None:
-    """``python -m tidings.cli.worker``: the same command on its own."""
-    typer.run(worker_command)
+    """``python -m tidings.cli.worker``: the same command on its own, with its one-line errors."""
+    try:
+        typer.run(worker_command)
+    except CliError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":
