@@ -36,7 +36,9 @@ def test_the_examples_in_the_docstrings_hold():
     from tidings.platform.transport import attempt
     from tidings.store import engine
 
-    for module in (sealed, attempt, engine):
+    from tidings.platform import webhook_rules
+
+    for module in (sealed, attempt, engine, webhook_rules):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, (module, result)
 
@@ -156,6 +158,16 @@ async def test_secrets_and_custom_header_values_are_never_stored_in_clear_nor_sh
             updated = await client.put(f"/v2/webhooks/{config['id']}", headers=tenant.headers,
                                        json={"custom_headers": {"X-Shop-Token": TOKEN + "-2"}})
             assert updated.status_code == 200 and TOKEN not in updated.text
+            # A configuration read and written back as it was shown keeps its values.
+            shown = (await client.get(f"/v2/webhooks/{config['id']}", headers=tenant.headers)).json()
+            again = await client.put(f"/v2/webhooks/{config['id']}", headers=tenant.headers,
+                                     json={"custom_headers": {**shown["custom_headers"], "X-Other": "********"}})
+            assert again.status_code == 422 and "X-Other" in again.json()["detail"]
+            again = await client.put(f"/v2/webhooks/{config['id']}", headers=tenant.headers,
+                                     json={"custom_headers": shown["custom_headers"]})
+            assert again.status_code == 200
+            [row] = await platform.rows(select(webhook_configs).where(webhook_configs.c.id == config["id"]))
+            assert configurations.clear_headers(row) == {"X-Shop-Token": TOKEN + "-2"}
 
             # Nor does any page of the dashboard.
             signed_in = await client.post("/dashboard/sign-in", data={"api_key": tenant.api_key, "next": "/dashboard"})

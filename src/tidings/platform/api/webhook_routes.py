@@ -44,6 +44,7 @@ from tidings.platform.webhook_rules import (
     check_one_per_event_type,
     check_ordering,
     check_url,
+    keep_masked_values,
     page_window,
 )
 
@@ -173,13 +174,13 @@ async def get_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_conte
 async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: OrgContext = Depends(org_context),
                          platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     """Changes ``url`` (stored in its normalised form), ``custom_headers`` and
-    ``ordering``; fields left out keep their value."""
+    ``ordering``; fields left out keep their value, and so does a custom
+    header whose value is given as ``********``, as the API shows it."""
     changes: dict[str, Any] = {}
     if body.url is not None:
         changes["url"] = check_target(body.url, platform.settings)
     if body.custom_headers is not None:
         check_headers(body.custom_headers, platform.settings)
-        changes["custom_headers"] = body.custom_headers
     if body.ordering is not None:
         try:
             check_ordering(body.ordering)
@@ -188,6 +189,12 @@ async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: 
         changes["ordering"] = body.ordering
     async with platform.engine.begin() as conn:
         current = await load_config(conn, org, webhook_id)
+        if body.custom_headers is not None:
+            try:
+                changes["custom_headers"] = keep_masked_values(body.custom_headers,
+                                                               configurations.clear_headers(current), MASKED)
+            except WebhookRuleError as error:
+                raise rule_refusal(error) from None
         row = await configurations.update_fields(conn, config_id=webhook_id, org_id=org.org_id, changes=changes,
                                                  now=utcnow())
         if row.ordering != current.ordering:  # deliveries waiting for their turn may go now
