@@ -31,8 +31,8 @@ from tidings.store.platform_tables import api_keys, provider_organizations
 log = logging.getLogger("tidings.auth")
 
 ORG_KEY = "org"
-REVOCATION_CHECK_INTERVAL = 0.25  # seconds between two looks for keys revoked by another process
 PROVIDER_KEY = "provider"
+REVOCATION_CHECK_INTERVAL = 0.25  # seconds between two looks for keys revoked by another process
 
 api_key_header = APIKeyHeader(name="x-APIKey", auto_error=False, description="An organization or PROVIDER API key")
 
@@ -112,7 +112,7 @@ async def watch_revocations(platform: PlatformContext, *, interval: float = REVO
             async with platform.engine.connect() as conn:
                 count = await revocation_count(conn)
             looked_at = time.monotonic()
-            if seen is not None and count != seen:
+            if count != seen:  # the first look too: a key may have been found just before a revocation
                 platform.known_keys.forget_all()
             seen = count
         except Exception as error:  # the database may be away for a while: keep looking
