@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 
 from tests.dispatcher_support import bulk_pending, new_signer
 from tidings.contract.signing import private_key_whsk
+from tidings.platform.sealed import new_key
 from tidings.store.engine import create_sync_engine
 from tidings.store.platform_tables import attempts, deliveries
-from tidings.platform.sealed import new_key
 
 pytestmark = pytest.mark.timeout(180)
 

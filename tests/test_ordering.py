@@ -28,8 +28,8 @@ from tidings.platform.deliveries.cycle import cycle_of, one_per_conversation
 from tidings.platform.deliveries.outbox import initial_status, record_event
 from tidings.platform.deliveries.statements import PROMOTED_AT_MOST
 from tidings.platform.dispatcher import Dispatcher
-from tidings.store.platform_tables import deliveries, delivery_sequences, webhook_configs
 from tidings.platform.sealed import new_key
+from tidings.store.platform_tables import deliveries, delivery_sequences, webhook_configs
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,9 +21,9 @@ from tests.dispatcher_support import add_configuration, add_organization, databa
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import private_key_whsk
 from tidings.platform.deliveries.outbox import record_event
+from tidings.platform.sealed import new_key
 from tidings.platform.workers import build_dispatcher
 from tidings.store.platform_tables import workers
-from tidings.platform.sealed import new_key
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
