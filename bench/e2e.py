@@ -524,7 +524,8 @@ def start_platform(processes: Processes, db_url: str, workers: int, hook_url: st
     pids = {"serve": serve.pid}
     for number in range(workers):
         name = f"worker-{number + 1}"
-        worker = processes.start(name, "worker", "--db", db_url, "--signing-key", str(key_file), *loopback)
+        worker = processes.start(name, "worker", "--db", db_url, "--signing-key", str(key_file),
+                                 "--data-dir", str(scratch / "data"), *loopback)  # serve's secrets key
         wait_until(lambda: "delivering from" in processes.log_tail(name), START_WAIT, processes,
                    f"`tidings worker` ({name}) did not start delivering")
         pids[name] = worker.pid

@@ -8,6 +8,11 @@ import uuid
 
 import pytest
 
+from tidings.platform.sealed import new_key, use_keys
+
+# The secrets key of every platform the tests build in this process (a child
+# process finds its own through the command line).
+use_keys([new_key()])
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 SEED_EXAMPLE = FIXTURES / "message_created.example.json"
 POSTGRES_URL = os.environ.get("TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from tests.dispatcher_support import bulk_pending, new_signer
 from tidings.contract.signing import private_key_whsk
+from tidings.platform.sealed import new_key
 from tidings.store.engine import create_sync_engine
 from tidings.store.platform_tables import attempts, deliveries
 
@@ -52,7 +53,7 @@ def start_worker(db_url: str, key: str, *extra: str) -> subprocess.Popen:
                "--allow-private-targets", "--allow-http", "--no-migrate", "--heartbeat-interval", "0.2",
                "--stale-after", "1", "--retry-base", "0.2", *extra]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "TIDINGS_SECRETS_KEY": new_key()})
 
 
 def counts(db_url: str) -> dict[str, int]:

@@ -60,7 +60,8 @@ async def test_the_transport_delivers_signed_bytes_with_the_sequence_header_when
             assert request.headers[signer.headers.sequence] == expected
         for attempt in await attempt_rows(engine):
             sent = attempt.request_headers.get("X-Tidings-Sequence")
-            assert sent == ("7" if attempt.delivery_id == rows[first].id else "forged")
+            assert sent == ("7" if attempt.delivery_id == rows[first].id else "********")  # a custom value is masked
+            assert attempt.request_headers["X-Shop"] == "********"
 
 
 async def test_run_until_idle_waits_for_a_retry_written_after_a_claim_found_nothing(db_url):

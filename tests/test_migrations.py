@@ -55,3 +55,41 @@ def test_the_deleted_configurations_migration_keeps_rows_and_frees_a_deleted_eve
             assert conn.execute(select(func.count()).select_from(attempts)).scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def test_the_secrets_migration_masks_the_custom_headers_of_recorded_attempts(db_url):
+    """Attempts recorded before it keep their headers' names; the values of
+    possible custom headers (``X-``, not the vendor's) are masked."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from tidings.store.engine import create_sync_engine
+    from tidings.store.platform_tables import attempts, deliveries, events, organizations
+
+    assert upgrade(db_url, "de8d93eb7f77") == "de8d93eb7f77"
+    now = datetime.now(UTC)
+    sent = {"X-Shop-Token": "tok-123", "X-Tidings-Signature-v1": "sig", "webhook-id": "msg_1",
+            "Content-Type": "application/json"}
+    engine = create_sync_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(organizations).values(id=1, name="Acme", created_at=now))
+            conn.exec_driver_sql(
+                "INSERT INTO webhook_configs (id, org_id, url, event_type, custom_headers, ordering, secret, paused, "
+                "created_at, updated_at) VALUES (1, 1, 'https://a.example/h', 'message_created', "
+                "'{\"X-Shop-Token\": \"tok-123\"}', 'conversation', 'whsec_x', false, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)")
+            conn.execute(insert(events).values(id=1, org_id=1, event_type="message_created", body=b"{}",
+                                               created_at=now))
+            conn.execute(insert(deliveries).values(id=1, event_id=1, webhook_config_id=1, org_id=1,
+                                                   webhook_id="msg_1", signature="s", status="failed",
+                                                   attempt_count=1, next_attempt_at=0, created_at=now))
+            conn.execute(insert(attempts).values(delivery_id=1, number=1, started_at=now, duration_ms=1.0,
+                                                 request_headers=sent))
+        assert upgrade(db_url) == head_revision()
+        with engine.connect() as conn:
+            [recorded] = conn.execute(select(attempts.c.request_headers)).scalars()
+    finally:
+        engine.dispose()
+    assert recorded == {**sent, "X-Shop-Token": "********"}

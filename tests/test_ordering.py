@@ -28,6 +28,7 @@ from tidings.platform.deliveries.cycle import cycle_of, one_per_conversation
 from tidings.platform.deliveries.outbox import initial_status, record_event
 from tidings.platform.deliveries.statements import PROMOTED_AT_MOST
 from tidings.platform.dispatcher import Dispatcher
+from tidings.platform.sealed import new_key
 from tidings.store.platform_tables import deliveries, delivery_sequences, webhook_configs
 
 pytestmark = pytest.mark.timeout(240)
@@ -121,7 +122,7 @@ def start_worker(db_url: str, key: str) -> subprocess.Popen:
         [sys.executable, "-m", "tidings.cli.worker", "--db", db_url, "--signing-key", key, "--allow-private-targets",
          "--allow-http", "--no-migrate", "--retry-base", "0.05", "--retry-factor", "1.5", "--max-retries", "20",
          "--heartbeat-interval", "0.2", "--stale-after", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "TIDINGS_SECRETS_KEY": new_key()})
 
 
 async def test_every_conversation_arrives_in_sequence_order_without_gaps(db_url):

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from tests.platform_support import running_platform, with_settings
 from tidings.contract import EVENT_TYPES, SenderType
 from tidings.contract.signing import SECRET_PREFIX, secret_bytes
-from tidings.platform import tenants
+from tidings.platform import configurations, tenants
 from tidings.platform.deliveries import actions
 from tidings.platform.ingestion import IncomingMessage, ingest_custom_message
 from tidings.platform.settings import DeliverySettings
@@ -43,7 +43,8 @@ async def test_create_returns_each_configuration_with_its_own_secret(platform):
     assert answer.status_code == 200, answer.text
     created = answer.json()["items"]
     assert [c["event_type"] for c in created] == ["message_created", "message_updated"]
-    assert created[0]["custom_headers"] == {"X-Shop-Token": "t1"} and created[1]["custom_headers"] == {}
+    # A custom header's value is never shown, not even on creation: its name only.
+    assert created[0]["custom_headers"] == {"X-Shop-Token": "********"} and created[1]["custom_headers"] == {}
     assert created[0]["ordering"] == "conversation" and created[1]["ordering"] == "none"
     for config in created:
         assert config["org_id"] == a.org_id and config["url"] == HOOK
@@ -51,7 +52,9 @@ async def test_create_returns_each_configuration_with_its_own_secret(platform):
         assert config["secret"].startswith(SECRET_PREFIX) and len(secret_bytes(config["secret"])) == 24
     assert created[0]["secret"] != created[1]["secret"]
     stored = await platform.rows(select(webhook_configs.c.id, webhook_configs.c.secret).order_by(webhook_configs.c.id))
-    assert [(row.id, row.secret) for row in stored] == [(c["id"], c["secret"]) for c in created]
+    # Stored encrypted, never in clear.
+    assert [(row.id, configurations.clear_secret(row.secret)) for row in stored] == [(c["id"], c["secret"]) for c in created]
+    assert all(row.secret.startswith("fernet:") and c["secret"] not in row.secret for row, c in zip(stored, created))
 
 
 async def test_one_configuration_per_organization_and_event_type(platform):
@@ -169,12 +172,12 @@ async def test_get_update_and_delete(platform):
         assert updated.status_code == 200
         changed = updated.json()
         assert (changed["url"], changed["custom_headers"], changed["ordering"]) == (
-            "https://new.example.com/h", {"X-New": "1"}, "none")
+            "https://new.example.com/h", {"X-New": "********"}, "none")
         assert changed["created_at"] == created["created_at"]
         assert datetime.fromisoformat(changed["updated_at"]) > datetime.fromisoformat(created["updated_at"])
         # Fields left out keep their value; the event type cannot change.
         kept = (await client.put(f"/v2/webhooks/{created['id']}", headers=a.headers, json={"ordering": "conversation"})).json()
-        assert kept["url"] == "https://new.example.com/h" and kept["custom_headers"] == {"X-New": "1"}
+        assert kept["url"] == "https://new.example.com/h" and kept["custom_headers"] == {"X-New": "********"}
         moved = await client.put(f"/v2/webhooks/{created['id']}", headers=a.headers, json={"event_type": "message_updated"})
         assert moved.status_code == 422 and "event_type" in moved.json()["detail"]
         deleted = await client.delete(f"/v2/webhooks/{created['id']}", headers=a.headers)
@@ -271,7 +274,8 @@ async def test_secret_is_readable_and_rotates_with_an_overlap(platform):
         assert before + 3600 - 5 <= expires <= time.time() + 3600 + 5  # secret_overlap is 3600 s here
         assert (await client.get(f"/v2/webhooks/{created['id']}/secret", headers=a.headers)).json() == rotated
     row = (await platform.rows(select(webhook_configs).where(webhook_configs.c.id == created["id"])))[0]
-    assert (row.secret, row.previous_secret) == (rotated["secret"], created["secret"])
+    assert (configurations.clear_secret(row.secret), configurations.clear_secret(row.previous_secret)) == (
+        rotated["secret"], created["secret"])
     assert abs(row.previous_secret_expires_at - expires) < 1e-3
     # Once the overlap is over, only the new secret is shown.
     async with platform.engine.begin() as conn:

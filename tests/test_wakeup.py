@@ -21,6 +21,7 @@ from tests.dispatcher_support import add_configuration, add_organization, databa
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import private_key_whsk
 from tidings.platform.deliveries.outbox import record_event
+from tidings.platform.sealed import new_key
 from tidings.platform.workers import build_dispatcher
 from tidings.store.platform_tables import workers
 
@@ -98,7 +99,7 @@ async def test_a_commit_in_one_process_wakes_a_worker_in_another_on_postgresql(p
              "--signing-key", private_key_whsk(signer.private_key), "--allow-private-targets", "--allow-http",
              "--no-migrate", "--poll-interval", str(POLL)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "TIDINGS_SECRETS_KEY": new_key()})
         try:
             deadline = time.monotonic() + 30
             while True:  # registered: it listens a moment later, and looks once when it starts to

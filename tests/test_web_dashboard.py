@@ -17,17 +17,18 @@ from sqlalchemy import insert, select, update
 
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import Signer, generate_private_key
-from tidings.platform import tenants
+from tidings.platform import api_keys, tenants
+from tidings.platform.api.auth import hash_api_key
 from tidings.platform.api.app import create_app
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.deliveries.outbox import record_event
 from tidings.platform.settings import DeliverySettings, PlatformSettings
 from tidings.store.engine import create_engine, create_sync_engine
-from tidings.store.platform_tables import attempts, deliveries, webhook_configs
+from tidings.store.platform_tables import attempts, dashboard_sessions, deliveries, webhook_configs
 from tidings.web import dashboard, live
 from tidings.web.dashboard import mount_dashboard
 from tidings.platform.deliveries.reads import DeliveryFilter
-from tidings.web.session import KEY_COOKIE, ORG_COOKIE
+from tidings.web.session import SESSION_COOKIE
 from tests.browser.servers import Endpoint
 from tests.loopback import HOST, http_client
 
@@ -69,10 +70,21 @@ class Dashboard:
         """An HTTP client of the dashboard over a real socket on 127.0.0.1, signed in as ``org``."""
         async with http_client(self.app) as client:
             if org is not None:
-                client.cookies.set(KEY_COOKIE, org.key, domain=HOST, path="/dashboard")
+                client.cookies.set(SESSION_COOKIE, await self.session(org.key, org.org_id), domain=HOST,
+                                   path="/dashboard")
             for name, value in cookies.items():
                 client.cookies.set(name, value, domain=HOST, path="/dashboard")
             yield client
+
+    async def session(self, key: str, org_id: int) -> str:
+        """The id of a new dashboard session of ``key`` acting for ``org_id``, as signing in opens one."""
+        from tidings.store.platform_tables import api_keys as keys_table
+
+        async with self.engine.begin() as conn:
+            key_id = (await conn.execute(select(keys_table.c.id)
+                                         .where(keys_table.c.key_hash == hash_api_key(key)))).scalar_one()
+            return await api_keys.open_session(conn, api_key_id=key_id, org_id=org_id, now=NOW,
+                                               now_epoch=time.time())
 
     async def org(self, name: str, events: int = 3, url: str = "https://hooks.example.com/in") -> Org:
         async with self.engine.begin() as conn:
@@ -155,7 +167,7 @@ async def test_pages_ask_for_a_key_and_a_good_key_opens_them(dash):
         refused = await client.post("/dashboard/sign-in", data={"api_key": "tdk_wrong", "next": "/dashboard"})
         assert refused.status_code == 401
         assert "unknown API key" in refused.text
-        assert KEY_COOKIE not in client.cookies
+        assert SESSION_COOKIE not in client.cookies
 
         answer = await client.post("/dashboard/sign-in",
                                    data={"api_key": acme.key, "next": "/dashboard/deliveries?status=failed"})
@@ -164,8 +176,27 @@ async def test_pages_ask_for_a_key_and_a_good_key_opens_them(dash):
         cookie = answer.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
         assert (await client.get("/dashboard/deliveries")).status_code == 200
+        # The cookie is an opaque id, not the key, and nothing but its hash is stored.
+        session_id = client.cookies[SESSION_COOKIE]
+        assert session_id != acme.key and acme.key not in cookie
+        async with dash.engine.connect() as conn:
+            stored = [tuple(row) for row in (await conn.execute(select(dashboard_sessions))).all()]
+        assert stored and not any(session_id in str(value) or acme.key in str(value) for row in stored for value in row)
 
         await client.post("/dashboard/sign-out")
+        assert (await client.get("/dashboard/deliveries")).status_code == 303
+        # Signing out deleted the session on the server: the old cookie opens nothing.
+        client.cookies.set(SESSION_COOKIE, session_id, domain=HOST, path="/dashboard")
+        assert (await client.get("/dashboard/deliveries")).status_code == 303
+
+
+async def test_revoking_the_key_ends_its_dashboard_sessions(dash):
+    acme = await dash.org("Acme")
+    async with dash.client(acme) as client:
+        assert (await client.get("/dashboard/deliveries")).status_code == 200
+        async with dash.engine.begin() as conn:
+            key_id = (await conn.execute(select(dashboard_sessions.c.api_key_id))).scalar_one()
+            assert await api_keys.revoke(conn, key_id=key_id, org_id=acme.org_id, now=NOW)
         assert (await client.get("/dashboard/deliveries")).status_code == 303
 
 
@@ -185,8 +216,8 @@ async def test_a_provider_key_opens_only_the_organizations_it_manages(dash):
         assert opened.status_code == 303
         page = (await client.get("/dashboard/deliveries")).text
         assert sorted(shown_deliveries(page)) == globex.delivery_ids
-    # A cookie changed by hand to another organization is checked again, on every request.
-    async with dash.client(**{KEY_COOKIE: provider_key, ORG_COOKIE: str(initech.org_id)}) as client:
+    # The organization is the server's record of the session: a cookie made up by hand opens nothing.
+    async with dash.client(**{SESSION_COOKIE: provider_key}) as client:
         assert (await client.get("/dashboard/deliveries")).status_code == 303
 
 
@@ -413,7 +444,7 @@ async def test_the_event_stream_answers_server_sent_events(sqlite_url):
     with ServedApp(dash.app, cleanup=served_engine.dispose) as served:
         async with dash.engine.begin() as conn:
             await record_event(conn, org_id=acme.org_id, event=SampleFactory(9).message_created(), signer=dash.signer)
-        cookies = {KEY_COOKIE: acme.key}
+        cookies = {SESSION_COOKIE: await dash.session(acme.key, acme.org_id)}
         started = time.monotonic()
         async with httpx.AsyncClient(base_url=served.base_url, cookies=cookies, timeout=10) as client:
             async with client.stream("GET", "/dashboard/events?view=deliveries&after=1.0") as stream:

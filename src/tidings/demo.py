@@ -227,7 +227,7 @@ async def run_demo(options: DemoOptions, say=print, status=None) -> DemoState:
                               "--fd", str(receiver_socket.fileno()), "--admin-fd", str(admin_socket.fileno()),
                               "--org-id", str(acme.org_id), log=data / "receiver.log",
                               env={"TIDINGS_ADMIN_TOKEN": state.admin_token}, sockets=(receiver_socket, admin_socket))
-    platform = await _tidings("serve", "--db", platform_db, "--signing-key", str(private_key),
+    platform = await _tidings("serve", "--db", platform_db, "--signing-key", str(private_key), "--data-dir", str(data),
                               "--fd", str(platform_socket.fileno()), "--allow-private-targets", "--allow-http",
                               "--retry-base", "2", "--retry-factor", "2", "--max-retries", "4",
                               "--attempt-timeout", "5", "--partner-failure-rate", "0.15",

@@ -55,6 +55,26 @@ def generate_command(
     typer.echo(f"public key as a string: {public_key_whpk(key.public_key())}")
 
 
+@app.command("secrets-key", help="Write a new key that encrypts webhook secrets at rest, to a 0600 file; "
+                                  "--rotate puts it before the keys already there.")
+def secrets_key_command(
+    out: Path = typer.Option(..., "--out", help="the key file, e.g. .tidings/secrets.key"),
+    rotate: bool = typer.Option(False, "--rotate", help="keep the file's keys after the new one (they still "
+                                                        "decrypt); then run `tidings db reencrypt`"),
+) -> None:
+    from tidings.cli.secrets_key import read_key_file, write_key_file
+    from tidings.platform.sealed import new_key
+
+    if out.exists() and not rotate:
+        raise CliError(f"{out} already exists; pass --rotate to add a newer key before its keys")
+    older = read_key_file(out) if out.exists() else []
+    try:
+        write_key_file(out, [new_key(), *older])
+    except OSError as exc:
+        raise CliError(f"cannot write the secrets key file {out}: {exc.strerror or exc}") from None
+    typer.echo(f"secrets key file: {out} ({1 + len(older)} keys, the new one first; keep it secret)")
+
+
 @app.command("secret", help="Print a new whsec_ secret for the v1 (HMAC) signature.")
 def secret_command() -> None:
     typer.echo(generate_secret())

@@ -1,5 +1,6 @@
-"""``tidings org|provider|business|channel create`` and ``tidings db upgrade``:
-setting up the platform's tenants from the shell.
+"""``tidings org|provider|business|channel create``, ``tidings key
+list|create|revoke`` and ``tidings db upgrade``: setting up the platform's
+tenants and their API keys from the shell.
 
 Each command prints one JSON object, so scripts can read what was created.
 The work itself is in ``tidings.platform.tenants``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,6 +18,7 @@ import typer
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from tidings.cli.errors import CliError
+from tidings.cli.secrets_key import SecretsKeyFile
 from tidings.store import DEFAULT_DB_URL
 
 T = TypeVar("T")
@@ -25,6 +28,7 @@ provider_app = typer.Typer(help="PROVIDER keys, which manage several organizatio
 business_app = typer.Typer(help="Businesses of an organization.", no_args_is_help=True)
 channel_app = typer.Typer(help="Custom channels of an organization.", no_args_is_help=True)
 db_app = typer.Typer(help="The platform's database.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys: list them, create one (shown once), revoke one.", no_args_is_help=True)
 
 DbOption = typer.Option(DEFAULT_DB_URL, "--db", help="database URL: sqlite:///FILE or postgresql://...")
 
@@ -36,6 +40,7 @@ def mount(app: typer.Typer) -> None:
     app.add_typer(business_app, name="business")
     app.add_typer(channel_app, name="channel")
     app.add_typer(db_app, name="db")
+    app.add_typer(key_app, name="key")
 
 
 def tenants():
@@ -131,6 +136,62 @@ def channel_create(
     channel_id = in_transaction(db, lambda conn: tenants().create_custom_channel(
         conn, org, name, icon=icon, is_readonly=readonly))
     print_json({"channel_id": channel_id})
+
+
+def key_listing(row: Any) -> dict[str, Any]:
+    """A key as a list shows it: never the key, only its first characters."""
+    return {"id": row.id, "name": row.name, "prefix": row.key_prefix, "kind": row.kind, "org_id": row.org_id,
+            "created_at": row.created_at.isoformat(),
+            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None}
+
+
+@key_app.command("list", help="List the live API keys (of one organization with --org): names, prefixes, "
+                              "creation and last use; never the keys.")
+def key_list(org: int | None = typer.Option(None, "--org", help="only this organization's keys"),
+             db: str = DbOption) -> None:
+    from tidings.platform import api_keys
+
+    async def work(conn):
+        return await (api_keys.list_all_keys(conn) if org is None else api_keys.list_org_keys(conn, org))
+
+    print_json({"items": [key_listing(row) for row in in_transaction(db, work)]})
+
+
+@key_app.command("create", help="Create an API key of an organization; prints it (shown once).")
+def key_create(name: str = typer.Argument(..., help="the key's name, e.g. who uses it"),
+               org: int = typer.Option(..., "--org", help="the organization's id"), db: str = DbOption) -> None:
+    row, key = in_transaction(db, lambda conn: tenants().create_org_key_row(conn, org, name))
+    print_json({**key_listing(row), "api_key": key})
+
+
+@key_app.command("revoke", help="Revoke an API key: every server refuses it within a second; its dashboard "
+                                "sessions end.")
+def key_revoke(key_id: int = typer.Argument(..., help="the key's id, from `tidings key list`"),
+               db: str = DbOption) -> None:
+    from tidings.contract import utcnow
+    from tidings.platform import api_keys
+
+    if not in_transaction(db, lambda conn: api_keys.revoke(conn, key_id=key_id, org_id=None, now=utcnow())):
+        raise CliError(f"no live API key with id {key_id}")
+    print_json({"revoked": key_id})
+
+
+@db_app.command("reencrypt", help="Encrypt every webhook secret and custom-header value under the newest "
+                                  "secrets key (after `tidings keys secrets-key --rotate`, or for rows in clear).")
+def db_reencrypt(
+    db: str = DbOption,
+    secrets_key_file: SecretsKeyFile = None,
+    data_dir: Path = typer.Option(Path(".tidings"), "--data-dir", help="where `tidings serve` keeps secrets.key"),
+) -> None:
+    from tidings.cli.secrets_key import use_secrets_keys
+    from tidings.platform.sealed import UnreadableSecret, reseal_configurations
+
+    use_secrets_keys(secrets_key_file, data_dir, create=False)
+    try:
+        changed = in_transaction(db, lambda conn: reseal_configurations(conn))
+    except UnreadableSecret as exc:
+        raise CliError(f"{exc}: keep the older key in the file until every row is re-encrypted") from None
+    print_json({"reencrypted": changed})
 
 
 @db_app.command("upgrade", help="Bring the database to the newest schema.")

@@ -25,6 +25,7 @@ from tidings.cli.delivery_options import (
     VendorPrefix,
 )
 from tidings.cli.errors import CliError
+from tidings.cli.secrets_key import SecretsKeyFile, use_secrets_keys
 from tidings.cli.sockets import inherited_socket
 from tidings.contract.signing import DEFAULT_VENDOR_PREFIX, PRIVATE_KEY_FILENAME, Signer, generate_private_key, save_key_pair
 from tidings.platform.settings import DeliverySettings, PartnerSettings, PlatformSettings
@@ -50,7 +51,9 @@ def serve_command(
     signing_key: Annotated[str | None, typer.Option(
         "--signing-key", envvar="TIDINGS_SIGNING_KEY",
         help="Ed25519 private key (PEM file or whsk_); generated into the data directory when not given")] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="where a generated signing key is kept")] = Path(".tidings"),
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="where a generated signing key and secrets key are kept")] = Path(".tidings"),
+    secrets_key_file: SecretsKeyFile = None,
     max_retries: MaxRetries = DEFAULTS.max_retries,
     retry_base: RetryBase = DEFAULTS.retry_base,
     retry_factor: RetryFactor = DEFAULTS.retry_factor,
@@ -72,6 +75,7 @@ def serve_command(
     from tidings.cli.keys import read_private_key
 
     prepare_database(db)
+    use_secrets_keys(secrets_key_file, data_dir, create=True)
     key_source, generate = signing_key_path(data_dir, signing_key)
     if generate:
         try:
@@ -106,6 +110,22 @@ def prepare_database(db: str) -> None:
         raise CliError(f"cannot prepare the database {db}: {first_line}") from None
 
 
+async def seal_clear_secrets(engine) -> None:
+    """Checks that the secrets key opens the stored secrets, and encrypts those
+    still stored in clear (rows from before encryption at rest)."""
+    from tidings.platform.sealed import UnreadableSecret, check_keys_open, reseal_configurations
+    from tidings.store.engine import begin_write
+
+    async with begin_write(engine) as conn:
+        try:
+            await check_keys_open(conn)
+        except UnreadableSecret:
+            raise CliError("the secrets key does not decrypt the secrets in the database: start with the key "
+                           "they were encrypted with (--secrets-key-file, TIDINGS_SECRETS_KEY)") from None
+        if sealed := await reseal_configurations(conn, clear_only=True):
+            log.info("encrypted the secrets of %d webhook configurations stored in clear", sealed)
+
+
 async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str, port: int, concurrency: int = 256,
                        with_dispatcher: bool = True, ready: asyncio.Event | None = None,
                        stop: asyncio.Event | None = None, sock: socket.socket | None = None) -> None:
@@ -120,6 +140,7 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     from tidings.store.engine import create_engine
 
     engine = create_engine(settings.db_url)
+    await seal_clear_secrets(engine)
     app = platform_app(PlatformContext(settings=settings, engine=engine, signer=signer))
     # A short graceful shutdown: the dashboard's live pages hold streams open. The
     # http protocol answers custom-channel ingestion without ASGI (fast_ingest).

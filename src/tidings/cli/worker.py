@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
+from pathlib import Path
 
 import typer
 
@@ -27,6 +29,8 @@ from tidings.cli.delivery_options import (
     RetryFactor,
     VendorPrefix,
 )
+from tidings.cli.errors import CliError
+from tidings.cli.secrets_key import SecretsKeyFile, use_secrets_keys
 from tidings.cli.serve import prepare_database
 from tidings.cli.keys import read_private_key
 from tidings.contract.signing import DEFAULT_VENDOR_PREFIX, Signer
@@ -55,8 +59,12 @@ def worker_command(
     poll_interval: PollInterval = DEFAULTS.poll_interval,
     worker_id: str | None = typer.Option(None, "--worker-id", help="this worker's name (default: host:pid:random)"),
     migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="bring the database schema up to date first"),
+    secrets_key_file: SecretsKeyFile = None,
+    data_dir: Path = typer.Option(Path(".tidings"), "--data-dir",
+                                  help="where `tidings serve` keeps its secrets key (secrets.key)"),
 ) -> None:
     """Deliver every due webhook delivery of the database, until stopped."""
+    use_secrets_keys(secrets_key_file, data_dir, create=False)
     signer = Signer(read_private_key(signing_key), vendor_prefix=vendor_prefix)
     settings = DeliverySettings(
         max_retries=max_retries, retry_base=retry_base, retry_factor=retry_factor, attempt_timeout=attempt_timeout,
@@ -78,11 +86,25 @@ def _run(coroutine) -> None:
         uvloop.run(coroutine)
 
 
+async def check_secrets_key(engine) -> None:
+    """One clear line, before delivering, when the secrets key is not the one the secrets were encrypted with."""
+    from tidings.platform.sealed import UnreadableSecret, check_keys_open
+
+    async with engine.connect() as conn:
+        try:
+            await check_keys_open(conn)
+        except UnreadableSecret:
+            await engine.dispose()
+            raise CliError("the secrets key does not decrypt the secrets in the database: give the worker the key "
+                           "`tidings serve` uses (--secrets-key-file, TIDINGS_SECRETS_KEY)") from None
+
+
 async def _work(db: str, signer: Signer, settings: DeliverySettings, concurrency: int, worker_id: str | None) -> None:
     from tidings.platform.workers import build_dispatcher
     from tidings.store.engine import create_engine
 
     engine = create_engine(db)
+    await check_secrets_key(engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,8 +122,12 @@ async def _work(db: str, signer: Signer, settings: DeliverySettings, concurrency
 
 
 def main() -> None:
-    """``python -m tidings.cli.worker``: the same command on its own."""
-    typer.run(worker_command)
+    """``python -m tidings.cli.worker``: the same command on its own, with its one-line errors."""
+    try:
+        typer.run(worker_command)
+    except CliError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ writes one, in one place.
 A deleted configuration keeps its row, marked ``deleted_at``, until nothing
 refers to it (``deliveries.actions``); every read here sees live ones only.
 The rules a configuration obeys are pure functions of ``webhook_rules``.
+Its ``whsec_`` secrets and custom headers' values are encrypted here when
+written, and decrypted by ``secrets_now`` and ``clear_headers`` (``sealed``),
+the one way every reader gets them.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import EventType
+from tidings.platform.sealed import open_value, sealer
 from tidings.store.platform_tables import webhook_configs
 
-__all__ = ["count_of_organization", "create", "event_type_ids", "event_types", "for_event_type", "get", "live_secrets",
-           "of_organization", "page_of_organization", "rotate_secret", "SUBSCRIBED", "update_fields"]
+__all__ = ["clear_headers", "clear_secret", "count_of_organization", "create", "event_type_ids", "event_types",
+           "for_event_type", "get", "live_secrets", "of_organization", "page_of_organization", "rotate_secret",
+           "secrets_now", "SUBSCRIBED", "update_fields"]
 
 _live = webhook_configs.c.deleted_at.is_(None)
 
@@ -79,14 +84,16 @@ SUBSCRIBED = (
 async def create(conn: AsyncConnection, *, org_id: int, url: str, event_type: str,
                  custom_headers: Mapping[str, str], ordering: str, secret: str, now: datetime) -> Any:
     return (await conn.execute(insert(webhook_configs).values(
-        org_id=org_id, url=url, event_type=event_type, custom_headers=dict(custom_headers), ordering=ordering,
-        secret=secret, created_at=now, updated_at=now,
+        org_id=org_id, url=url, event_type=event_type, custom_headers=sealer().seal_headers(custom_headers),
+        ordering=ordering, secret=sealer().seal(secret), created_at=now, updated_at=now,
     ).returning(webhook_configs))).first()
 
 
 async def update_fields(conn: AsyncConnection, *, config_id: int, org_id: int, changes: Mapping[str, Any],
                         now: datetime) -> Any | None:
     """Changes the given columns of a live configuration; its new row, or ``None``."""
+    if "custom_headers" in changes:
+        changes = {**changes, "custom_headers": sealer().seal_headers(changes["custom_headers"])}
     return (await conn.execute(update(webhook_configs).where(
         webhook_configs.c.id == config_id, webhook_configs.c.org_id == org_id, _live)
         .values(**changes, updated_at=now).returning(webhook_configs))).first()
@@ -95,11 +102,12 @@ async def update_fields(conn: AsyncConnection, *, config_id: int, org_id: int, c
 async def rotate_secret(conn: AsyncConnection, *, config_id: int, current_secret: str, new_secret: str,
                         previous_expires_at: float, now: datetime) -> Any | None:
     """``new_secret`` signs from now on, the current one beside it until
-    ``previous_expires_at``; ``None`` if another rotation came first."""
+    ``previous_expires_at``; ``None`` if another rotation came first.
+    ``current_secret`` is the stored (encrypted) value the caller read."""
     return (await conn.execute(update(webhook_configs).where(
         webhook_configs.c.id == config_id, webhook_configs.c.secret == current_secret, _live)
-        .values(secret=new_secret, previous_secret=current_secret, previous_secret_expires_at=previous_expires_at,
-                updated_at=now)
+        .values(secret=sealer().seal(new_secret), previous_secret=current_secret,
+                previous_secret_expires_at=previous_expires_at, updated_at=now)
         .returning(webhook_configs))).first()
 
 
@@ -109,3 +117,19 @@ def live_secrets(secret: str, previous_secret: str | None, previous_expires_at: 
     if previous_secret and previous_expires_at is not None and now < previous_expires_at:
         return [secret, previous_secret]
     return [secret]
+
+
+def clear_secret(stored: str | None) -> str | None:
+    """A stored secret, decrypted."""
+    return None if stored is None else open_value(stored)
+
+
+def secrets_now(config: Any, now: float) -> list[str]:
+    """The clear secrets that sign for ``config`` (a row as stored) at ``now``."""
+    return live_secrets(clear_secret(config.secret), clear_secret(config.previous_secret),
+                        config.previous_secret_expires_at, now)
+
+
+def clear_headers(config: Any) -> dict[str, str]:
+    """The custom headers of ``config`` (a row as stored), decrypted: what is sent."""
+    return {name: open_value(value) for name, value in (config.custom_headers or {}).items()}

@@ -434,10 +434,8 @@ class Dispatcher:
             limit = limits.get(endpoint.key)
             if limit is None:
                 limit = limits[endpoint.key] = self._queue_limit(endpoint, now)
-            secrets = configurations.live_secrets(config.secret, config.previous_secret,
-                                                  config.previous_secret_expires_at, now)
-            sending[config_id] = (endpoint, limit, config.url, secrets, dict(config.custom_headers or {}),
-                                  config.paused)
+            sending[config_id] = (endpoint, limit, config.url, configurations.secrets_now(config, now),
+                                  configurations.clear_headers(config), config.paused)
         per_endpoint = self.per_endpoint
         for row in claimed:
             if row.id in following:

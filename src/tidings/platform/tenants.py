@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.contract import utcnow
 from tidings.platform.api.auth import ORG_KEY, PROVIDER_KEY, hash_api_key, new_api_key
+from tidings.platform.api_keys import key_prefix
 from tidings.store.platform_tables import (
     api_keys,
     businesses,
@@ -52,11 +54,20 @@ async def create_organization(conn: AsyncConnection, name: str, *, key_name: str
 
 async def create_org_key(conn: AsyncConnection, org_id: int, name: str) -> str:
     """Another API key of one organization (a business user's)."""
+    return (await create_org_key_row(conn, org_id, name))[1]
+
+
+async def create_org_key_row(conn: AsyncConnection, org_id: int, name: str) -> tuple[Any, str]:
+    """Another API key of one organization: its row (as a list shows it) and the key, shown once."""
+    if not name.strip():
+        raise TenantError("a key needs a name")
     await require_organizations(conn, [org_id])
     key = new_api_key()
-    await conn.execute(insert(api_keys).values(
-        key_hash=hash_api_key(key), kind=ORG_KEY, org_id=org_id, name=name, created_at=utcnow()))
-    return key
+    row = (await conn.execute(insert(api_keys).values(
+        key_hash=hash_api_key(key), key_prefix=key_prefix(key), kind=ORG_KEY, org_id=org_id, name=name,
+        created_at=utcnow()).returning(api_keys.c.id, api_keys.c.name, api_keys.c.key_prefix, api_keys.c.kind,
+                                       api_keys.c.org_id, api_keys.c.created_at, api_keys.c.last_used_at))).first()
+    return row, key
 
 
 async def create_provider_key(conn: AsyncConnection, name: str, org_ids: Sequence[int]) -> str:
@@ -69,7 +80,7 @@ async def create_provider_key(conn: AsyncConnection, name: str, org_ids: Sequenc
     await require_organizations(conn, unique_ids)
     key = new_api_key()
     key_id = (await conn.execute(
-        insert(api_keys).values(key_hash=hash_api_key(key), kind=PROVIDER_KEY, org_id=None, name=name,
+        insert(api_keys).values(key_hash=hash_api_key(key), key_prefix=key_prefix(key), kind=PROVIDER_KEY, org_id=None, name=name,
                                 created_at=utcnow()).returning(api_keys.c.id)
     )).scalar_one()
     await conn.execute(insert(provider_organizations), [{"api_key_id": key_id, "org_id": org_id} for org_id in unique_ids])

@@ -71,8 +71,7 @@ async def try_out(engine: AsyncEngine, signer: Signer, settings: DeliverySetting
         config = await configurations.for_event_type(conn, org_id=org_id, event_type=event_type)
     body = newest if newest is not None else dump_event(SampleFactory().event(event_type))
     now = time.time()
-    secrets = [] if config is None else configurations.live_secrets(
-        config.secret, config.previous_secret, config.previous_secret_expires_at, now)
+    secrets = [] if config is None else configurations.secrets_now(config, now)
     headers = request_headers(signer, body=body, webhook_id=new_webhook_id(),
                               vendor_signature=signer.vendor_signature(body), secrets=secrets,
                               custom_headers=custom_headers, timestamp=int(now), extra={signer.headers.tryout: "true"})

@@ -37,6 +37,26 @@ class WebhookRuleError(ValueError):
         self.reason = reason
 
 
+def keep_masked_values(given: Mapping[str, str], stored: Mapping[str, str], mask: str) -> dict[str, str]:
+    """The custom headers of an update: a value given as ``mask`` (as the API
+    shows it) keeps the stored value of that name (pure).
+
+    >>> keep_masked_values({"X-A": "****", "X-B": "new"}, {"X-A": "old", "X-B": "b"}, "****")
+    {'X-A': 'old', 'X-B': 'new'}
+    >>> keep_masked_values({"X-C": "****"}, {}, "****")
+    Traceback (most recent call last):
+    tidings.platform.webhook_rules.WebhookRuleError: 'X-C' is masked but has no stored value to keep
+    """
+    kept = {}
+    for name, value in given.items():
+        if value == mask:
+            if name not in stored:
+                raise WebhookRuleError("custom_headers", f"{name!r} is masked but has no stored value to keep")
+            value = stored[name]
+        kept[name] = value
+    return kept
+
+
 def check_custom_headers(headers: Mapping[str, str], vendor_prefix: str) -> None:
     """At most 5 headers; each key ``X-...``, not the vendor's, at most 128
     characters, none of the forbidden ones; each value at most 512 characters.

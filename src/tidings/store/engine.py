@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import weakref
 from collections.abc import AsyncIterator
 
@@ -61,9 +62,34 @@ def apply_sqlite_pragmas(dbapi_connection, _record=None, *, durable: bool = True
     cursor.close()
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite ``url``, or ``None`` for an in-memory database (pure).
+
+    >>> sqlite_file("sqlite:///data/t.db"), sqlite_file("sqlite://"), sqlite_file("sqlite:///:memory:")
+    ('data/t.db', None, None)
+    """
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def create_private_file(url: str) -> None:
+    """Creates the file of a SQLite ``url``, readable and writable by its owner
+    only (0600), before SQLite first opens it: SQLite gives the -wal and -shm
+    files the main file's mode. An existing file keeps its mode."""
+    if not is_sqlite(url) or (path := sqlite_file(url)) is None:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def create_engine(url: str, *, durable: bool = True, **kwargs) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL, a busy timeout, and commits
+    """An async engine for ``url``; SQLite gets a 0600 file, WAL, a busy timeout, and commits
     that wait for the disk unless ``durable`` is false (see ``apply_sqlite_pragmas``)."""
+    create_private_file(url)
     engine = create_async_engine(async_url(url), **kwargs)
     if is_sqlite(url):
         event.listen(engine.sync_engine, "connect",
@@ -77,9 +103,10 @@ def url_of(engine: AsyncEngine) -> str:
 
 
 def create_sync_engine(url: str, **kwargs) -> Engine:
-    """A sync engine for ``url`` (migrations and one-shot commands)."""
+    """A sync engine for ``url`` (migrations and one-shot commands); a SQLite file is created 0600."""
     from sqlalchemy import create_engine as _create
 
+    create_private_file(url)
     engine = _create(sync_url(url), **kwargs)
     if is_sqlite(url):
         event.listen(engine, "connect", apply_sqlite_pragmas)

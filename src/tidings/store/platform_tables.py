@@ -46,6 +46,24 @@ api_keys = Table(
     Column("org_id", Id, ForeignKey("organizations.id"), nullable=True),  # null for a provider key
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # The key's first characters, to tell keys apart in a list (null for keys made before it was kept).
+    Column("key_prefix", String(16), nullable=True),
+    # Updated at most once a minute per key, not on every request.
+    Column("last_used_at", UTCDateTime, nullable=True),
+    # A revoked key opens nothing; its row stays for the record.
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# The dashboard's sign-ins: the cookie holds a random id, the table only its
+# SHA-256; revoking the key or signing out ends the session.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("api_key_id", Id, ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("org_id", Id, ForeignKey("organizations.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 
 provider_organizations = Table(
@@ -137,8 +155,9 @@ webhook_configs = Table(
     Column("ordering", String(16), nullable=False, server_default="conversation"),
     # The HMAC secret (whsec_...); during a rotation the previous one keeps
     # signing until it expires.
-    Column("secret", String(100), nullable=False),
-    Column("previous_secret", String(100), nullable=True),
+    # Both are encrypted at rest (tidings.platform.secrets), hence the width.
+    Column("secret", String(500), nullable=False),
+    Column("previous_secret", String(500), nullable=True),
     Column("previous_secret_expires_at", Float, nullable=True),
     Column("paused", Boolean, nullable=False, server_default=text("false")),
     Column("paused_reason", String(500), nullable=True),

@@ -199,7 +199,7 @@ async def sign_in(
         response.status_code = 401
         return response
     response = RedirectResponse(session.safe_next(next), status_code=303)
-    session.start_session(response, request, key, chosen_org if org.key_kind == "provider" else None)
+    await session.start_session(response, request, org)
     return response
 
 
@@ -207,7 +207,7 @@ async def sign_in(
 async def sign_out(request: Request) -> Response:
     check_same_origin(request)
     response = RedirectResponse(PREFIX + "/sign-in", status_code=303)
-    session.end_session(response)
+    await session.end_session(response, request)
     return response
 
 
@@ -301,7 +301,7 @@ async def test_send(
     try:
         outcome = await try_out(platform.engine, platform.signer, platform.settings.delivery, org_id=org.org_id,
                                 url=config.url, event_type=config.event_type,
-                                custom_headers=dict(config.custom_headers or {}))
+                                custom_headers=configurations.clear_headers(config))
     except TryoutRefused as refused:
         return back_to(PREFIX + "/configurations", f"Test event to {config.url} refused: {refused}", "error")
     text, kind = tryout_summary(dataclasses.asdict(outcome))

@@ -1,27 +1,32 @@
 """Signing in to the dashboard with an API key.
 
-The sign-in form puts the key in an HttpOnly cookie (and, for a PROVIDER key,
-the organization chosen in a second one). Every page, stream and action then
-resolves the organization with the API's own ``org_context``, so the rules
-(which key belongs to which organization, what a PROVIDER key may manage)
-live in one place. The cookies are ``SameSite=Strict`` and scoped to the
-dashboard's path; actions also refuse a foreign ``Origin`` (``tidings.web.origin``).
+The sign-in form checks the key with the API's own ``org_context`` (so the
+rules, which key belongs to which organization and what a PROVIDER key may
+manage, live in one place) and opens a server-side session
+(``tidings.platform.api_keys``): the HttpOnly cookie holds a random id, the
+database only its hash, with the key's id and the organization. Signing out
+deletes the session; revoking the key ends it. The cookie is
+``SameSite=Strict`` and scoped to the dashboard's path; actions also refuse a
+foreign ``Origin`` (``tidings.web.origin``).
 """
 
 from __future__ import annotations
 
+import time
 from urllib.parse import quote, urlsplit
 
 from fastapi import HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from tidings.contract import utcnow
+from tidings.platform import api_keys
 from tidings.platform.api.auth import OrgContext, org_context
 from tidings.platform.api.context import platform_context
+from tidings.store.engine import begin_write
 
-KEY_COOKIE = "tidings_key"
-ORG_COOKIE = "tidings_org"
+SESSION_COOKIE = "tidings_session"
 COOKIE_PATH = "/dashboard"
-COOKIE_MAX_AGE = 12 * 3600
+COOKIE_MAX_AGE = int(api_keys.SESSION_LIFETIME)
 
 
 class SignInRequired(Exception):
@@ -55,25 +60,35 @@ async def resolve_org(request: Request, key: str | None, org_id: int | None) -> 
 
 async def signed_in_org(request: Request) -> OrgContext:
     """The organization of the session that ``request`` belongs to."""
-    key = request.cookies.get(KEY_COOKIE)
-    if not key:
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not session_id or len(session_id) > 100:
         raise SignInRequired("sign in with an API key")
-    return await resolve_org(request, key, parse_org_id(request.cookies.get(ORG_COOKIE)))
+    platform = await platform_context(request)
+    async with platform.engine.connect() as conn:
+        found = await api_keys.find_session(conn, session_id, time.time())
+    if found is None:
+        raise SignInRequired("your session has ended: sign in again")
+    return OrgContext(org_id=found.org_id, api_key_id=found.api_key_id, key_kind=found.kind)
 
 
-def start_session(response: Response, request: Request, key: str, org_id: int | None) -> None:
-    secure = request.url.scheme == "https"
-    common = {"path": COOKIE_PATH, "httponly": True, "samesite": "strict", "secure": secure, "max_age": COOKIE_MAX_AGE}
-    response.set_cookie(KEY_COOKIE, key, **common)
-    if org_id is None:
-        response.delete_cookie(ORG_COOKIE, path=COOKIE_PATH)
-    else:
-        response.set_cookie(ORG_COOKIE, str(org_id), **common)
+async def start_session(response: Response, request: Request, org: OrgContext) -> None:
+    """Opens a session for ``org`` and sets its id, never the key, in the cookie."""
+    platform = await platform_context(request)
+    async with begin_write(platform.engine) as conn:
+        session_id = await api_keys.open_session(conn, api_key_id=org.api_key_id, org_id=org.org_id,
+                                                 now=utcnow(), now_epoch=time.time())
+    response.set_cookie(SESSION_COOKIE, session_id, path=COOKIE_PATH, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", max_age=COOKIE_MAX_AGE)
 
 
-def end_session(response: Response) -> None:
-    response.delete_cookie(KEY_COOKIE, path=COOKIE_PATH)
-    response.delete_cookie(ORG_COOKIE, path=COOKIE_PATH)
+async def end_session(response: Response, request: Request) -> None:
+    """Deletes the session of ``request`` on the server and its cookie."""
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if session_id:
+        platform = await platform_context(request)
+        async with begin_write(platform.engine) as conn:
+            await api_keys.end_session(conn, session_id)
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
 
 
 def sign_in_redirect(request: Request) -> RedirectResponse:

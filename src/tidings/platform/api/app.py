@@ -7,6 +7,7 @@ models.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tidings.contract import MessageCreated, MessageUpdated
-from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, webhook_routes
+from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, key_routes, webhook_routes
+from tidings.platform.api.auth import watch_revocations
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
@@ -76,9 +78,11 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await partners.start()
+        revocations = asyncio.create_task(watch_revocations(context), name="revocations")
         try:
             yield
         finally:
+            revocations.cancel()
             await partners.stop()
             await ingest_queue.stop()
 
@@ -102,6 +106,7 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     app.include_router(conversation_routes.router)
     app.include_router(directory_routes.router)
     app.include_router(delivery_routes.router)
+    app.include_router(key_routes.router)
 
     @app.webhooks.post("message_created")
     def message_created(event: MessageCreated) -> None:

@@ -14,8 +14,9 @@ from tidings.platform.settings import PlatformSettings
 
 class KnownKeys:
     """Keys found recently, so that a busy client does not cost a query per
-    request. Only hits are kept, for ``ttl`` seconds: a new key works at once,
-    and keys are never changed in place (there is nothing to invalidate)."""
+    request. Only hits are kept, for ``ttl`` seconds: a new key works at once.
+    A revocation empties the cache: at once in the process that revoked, and
+    within ``auth.REVOCATION_CHECK_INTERVAL`` in every other one (``auth.watch_revocations``)."""
 
     def __init__(self, ttl: float = 30.0, size: int = 10_000) -> None:
         self.ttl = ttl
@@ -27,6 +28,10 @@ class KnownKeys:
         if hit is None or hit[0] < time.monotonic():
             return None
         return hit[1]
+
+    def forget_all(self) -> None:
+        """Drops every key found (this process revoked one)."""
+        self._found.clear()
 
     def put(self, key: tuple, value: object) -> None:
         if len(self._found) >= self.size:

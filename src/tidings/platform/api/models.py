@@ -80,7 +80,8 @@ class WebhookConfigOut(BaseModel):
     created_at: str = Field(examples=["2024-11-27T16:10:44.929678Z"])
     updated_at: str = Field(examples=["2024-11-27T16:10:44.929678Z"])
     org_id: int
-    custom_headers: dict[str, str]
+    custom_headers: dict[str, str] = Field(description="The custom headers' names; their values are never shown "
+                                                       "(each reads ********).")
     ordering: str
 
 

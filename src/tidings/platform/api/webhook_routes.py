@@ -35,7 +35,7 @@ from tidings.platform.api.models import (
 )
 from tidings.platform.deliveries import actions
 from tidings.platform.settings import PlatformSettings
-from tidings.platform.transport import TargetPolicy, TargetRefused, check_target_url
+from tidings.platform.transport import MASKED, TargetPolicy, TargetRefused, check_target_url
 from tidings.platform.webhook_rules import (
     MAX_PER_PAGE,
     WebhookRuleError,
@@ -44,6 +44,7 @@ from tidings.platform.webhook_rules import (
     check_one_per_event_type,
     check_ordering,
     check_url,
+    keep_masked_values,
     page_window,
 )
 
@@ -90,7 +91,8 @@ def config_out(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "url": row.url, "event_type": row.event_type,
         "created_at": format_iso_z(row.created_at), "updated_at": format_iso_z(row.updated_at),
-        "org_id": row.org_id, "custom_headers": dict(row.custom_headers or {}), "ordering": row.ordering,
+        "org_id": row.org_id, "custom_headers": {name: MASKED for name in row.custom_headers or {}},
+        "ordering": row.ordering,
     }
 
 
@@ -128,10 +130,11 @@ async def create_webhooks(body: WebhookConfigsIn, org: OrgContext = Depends(org_
                 raise HTTPException(409, detail=f"{error.field}: {error.reason}") from None
             created = []
             for item, url in zip(body.items, urls, strict=True):
+                secret = generate_secret()
                 row = await configurations.create(
                     conn, org_id=org.org_id, url=url, event_type=item.event_type,
-                    custom_headers=item.custom_headers, ordering=item.ordering, secret=generate_secret(), now=now)
-                created.append({**config_out(row), "secret": row.secret})
+                    custom_headers=item.custom_headers, ordering=item.ordering, secret=secret, now=now)
+                created.append({**config_out(row), "secret": secret})
     except IntegrityError:  # a concurrent request created the same event type first
         raise HTTPException(409, detail="event_type: this organization already has a configuration for it") from None
     return {"items": created}
@@ -171,13 +174,13 @@ async def get_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_conte
 async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: OrgContext = Depends(org_context),
                          platform: PlatformContext = Depends(platform_context)) -> dict[str, Any]:
     """Changes ``url`` (stored in its normalised form), ``custom_headers`` and
-    ``ordering``; fields left out keep their value."""
+    ``ordering``; fields left out keep their value, and so does a custom
+    header whose value is given as ``********``, as the API shows it."""
     changes: dict[str, Any] = {}
     if body.url is not None:
         changes["url"] = check_target(body.url, platform.settings)
     if body.custom_headers is not None:
         check_headers(body.custom_headers, platform.settings)
-        changes["custom_headers"] = body.custom_headers
     if body.ordering is not None:
         try:
             check_ordering(body.ordering)
@@ -186,6 +189,12 @@ async def update_webhook(webhook_id: WebhookId, body: WebhookConfigUpdate, org: 
         changes["ordering"] = body.ordering
     async with platform.engine.begin() as conn:
         current = await load_config(conn, org, webhook_id)
+        if body.custom_headers is not None:
+            try:
+                changes["custom_headers"] = keep_masked_values(body.custom_headers,
+                                                               configurations.clear_headers(current), MASKED)
+            except WebhookRuleError as error:
+                raise rule_refusal(error) from None
         row = await configurations.update_fields(conn, config_id=webhook_id, org_id=org.org_id, changes=changes,
                                                  now=utcnow())
         if row.ordering != current.ordering:  # deliveries waiting for their turn may go now
@@ -208,8 +217,10 @@ async def delete_webhook(webhook_id: WebhookId, org: OrgContext = Depends(org_co
 def secret_out(row: Any, now: float) -> dict[str, Any]:
     expires = row.previous_secret_expires_at
     if row.previous_secret is None or expires is None or expires <= now:
-        return {"secret": row.secret, "previous_secret": None, "previous_secret_expires_at": None}
-    return {"secret": row.secret, "previous_secret": row.previous_secret,
+        return {"secret": configurations.clear_secret(row.secret), "previous_secret": None,
+                "previous_secret_expires_at": None}
+    return {"secret": configurations.clear_secret(row.secret),
+            "previous_secret": configurations.clear_secret(row.previous_secret),
             "previous_secret_expires_at": format_iso_z(datetime.fromtimestamp(expires, UTC))}
 
 

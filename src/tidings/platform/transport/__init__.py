@@ -8,12 +8,13 @@
 - ``guard``: where the platform may send requests (the SSRF decision).
 """
 
-from tidings.platform.transport.attempt import Outgoing, request_headers, sign_and_post
+from tidings.platform.transport.attempt import MASKED, Outgoing, masked_headers, request_headers, sign_and_post
 from tidings.platform.transport.guard import TargetPolicy, TargetRefused, check_target_url, normalize_target
 from tidings.platform.transport.lean import LeanTransport
 from tidings.platform.transport.types import Answer, Transport
 
 __all__ = [
+    "MASKED",
     "Answer",
     "LeanTransport",
     "Outgoing",
@@ -22,6 +23,7 @@ __all__ = [
     "Transport",
     "check_target_url",
     "normalize_target",
+    "masked_headers",
     "request_headers",
     "sign_and_post",
 ]

@@ -20,7 +20,10 @@ from tidings.contract.headers import CONTENT_TYPE, ID_HEADER, SIGNATURE_HEADER, 
 from tidings.contract.signing import Signer
 from tidings.platform.transport.types import Answer, Transport
 
-__all__ = ["Outgoing", "request_headers", "sign_and_post"]
+__all__ = ["MASKED", "Outgoing", "masked_headers", "request_headers", "sign_and_post"]
+
+# What an attempt's record, the API and the pages show for a custom header's value (often a token).
+MASKED = "********"
 
 
 class Outgoing(NamedTuple):
@@ -54,10 +57,25 @@ def request_headers(signer: Signer, *, body: bytes, webhook_id: str, vendor_sign
     return headers
 
 
+def masked_headers(headers: Mapping[str, str], custom_headers: Mapping[str, str] | None) -> dict[str, str]:
+    """``headers`` with the value of each custom header replaced by ``MASKED``,
+    unless a header of the protocol took its place (pure).
+
+    >>> masked_headers({"X-Token": "t0k", "X-Seq": "7", "webhook-id": "msg_1"}, {"X-Token": "t0k", "X-Seq": "x"})
+    {'X-Token': '********', 'X-Seq': '7', 'webhook-id': 'msg_1'}
+    """
+    if not custom_headers:
+        return dict(headers)
+    return {name: MASKED if custom_headers.get(name) == value else value for name, value in headers.items()}
+
+
 async def sign_and_post(signer: Signer, transport: Transport, outgoing: Outgoing) -> tuple[dict[str, str], Answer]:
-    """One attempt: its headers, signed with this moment's timestamp, and how the request went."""
+    """One attempt: its headers as the record keeps them (custom headers'
+    values masked, so the database never holds them), signed with this
+    moment's timestamp, and how the request went."""
     headers = request_headers(signer, body=outgoing.body, webhook_id=outgoing.webhook_id,
                               vendor_signature=outgoing.vendor_signature, secrets=outgoing.secrets,
                               custom_headers=outgoing.custom_headers, timestamp=int(time.time()),
                               sequence=outgoing.sequence)
-    return headers, await transport.post(outgoing.url, outgoing.body, headers)
+    answer = await transport.post(outgoing.url, outgoing.body, headers)
+    return masked_headers(headers, outgoing.custom_headers), answer
