@@ -421,3 +421,12 @@ def test_the_platform_checks_the_api_key_before_it_reads_a_body(tmp_path):
             assert (status, answer_headers["connection"]) == (401, "close")
             assert json.loads(body)["detail"] in ("missing x-APIKey header", "unknown API key")
             assert grown < 64 * MB
+
+
+def test_the_tryout_takes_at_most_as_many_items_as_a_configuration_body(servers):
+    platform = servers["platform"]
+    item = {"url": "https://hooks.example.com/x", "event_type": "message_created"}
+    body = json.dumps({"items": [item] * 1000}).encode()
+    status, _, answered = ask(platform.port, raw_request(
+        "POST", "/v2/webhooks/test", {"x-APIKey": platform.ids["api_key"], "Content-Type": "application/json"}, body))
+    assert status == 422 and "items" in answered.decode() and "at most 2" in answered.decode()
