@@ -42,7 +42,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.read_deadline: float | None = None  # when the head or body being read must be complete
         self.deadline_timer = None  # pending whenever read_deadline is set
         self.reading_head = True
-        self.head_bytes = 0  # of the request line and the headers parsed
         self.unfinished_head_bytes = 0  # received while a head is unfinished (the parser buffers a partial header)
         self.body_bytes = 0
         self.refusal: RequestRefused | None = None
@@ -86,24 +85,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.reading_head = True
-        self.head_bytes = self.unfinished_head_bytes = self.body_bytes = 0
+        self.unfinished_head_bytes = self.body_bytes = 0
         if self.read_deadline is None:  # a later request on a kept-alive connection
             self._expect_by(self.limits.head_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self.head_bytes += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self.head_bytes += len(name) + len(value)
-        if head_too_large(self.head_bytes, len(self.headers), self.limits):
-            raise self._refused(431, "request header fields too large")
-        if self.headers[-1][0] == b"content-length" and declared_too_large(value, self.limits):
-            raise self._refused(413, "body too large")
-
     def on_headers_complete(self) -> None:
         self.reading_head = False
+        # One pass over the head here costs less than a check in each on_header.
+        head_bytes, declared = len(self.url), None
+        for name, value in self.headers:
+            head_bytes += len(name) + len(value)
+            if name == b"content-length":
+                declared = value
+        if head_too_large(head_bytes, len(self.headers), self.limits):
+            raise self._refused(431, "request header fields too large")
+        if declared is not None and declared_too_large(declared, self.limits):
+            raise self._refused(413, "body too large")
         self.read_deadline = self.loop.time() + self.limits.body_timeout  # the timer is pending: see _expect_by
         super().on_headers_complete()
 
