@@ -38,6 +38,7 @@ from tidings.receiver.handlers import EventFilter, Handlers, load_handlers
 from tidings.receiver.inbox import DEFAULT_GAP_WAIT, InboxProjector
 from tidings.receiver.lease import BackgroundLease
 from tidings.receiver.log import EventLog
+from tidings.serving.limits import DEFAULT_LIMITS, ConnectionLimits, limited_config
 
 logger = logging.getLogger("tidings.receiver")
 
@@ -83,13 +84,15 @@ class ReceiverConfig:
     lease_grace: float = 0.0  # seconds before this process first tries for the background lease
     gap_wait: float = DEFAULT_GAP_WAIT  # seconds a hole in a conversation's sequence is waited on before it is reported
     vendor_prefix: str = DEFAULT_VENDOR_PREFIX  # the platform's: its signature and sequence headers carry it
+    limits: ConnectionLimits = DEFAULT_LIMITS  # on each listener's connections, per process
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ReceiverConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        return cls(**{**fields, "limits": ConnectionLimits(**fields.get("limits", {}))})
 
     def verifier(self) -> Verifier:
         return Verifier(
@@ -186,7 +189,7 @@ class ReceiverService:
                 return
             background = asyncio.create_task(self._follow_log(), name="tidings-receiver-background")
             try:
-                await admin_server(self.admin_app).serve(sockets=[admin_socket])
+                await admin_server(self.admin_app, self.config.limits).serve(sockets=[admin_socket])
             finally:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -239,12 +242,14 @@ class ReceiverService:
         return projected, await self.runner.step()
 
 
-def admin_server(app):
-    """A uvicorn server for the admin app: no lifespan, no access log; open streams get a second at shutdown."""
+def admin_server(app, limits: ConnectionLimits = DEFAULT_LIMITS):
+    """A uvicorn server for the admin app, with ``limits``: no lifespan, no access log; open streams
+    get a second at shutdown."""
     import uvicorn
 
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
-                            server_header=False, timeout_graceful_shutdown=1)
+    config = limited_config(app, limits, lifespan="off", log_level="warning", access_log=False,
+                            proxy_headers=False, server_header=False, timeout_graceful_shutdown=1,
+                            http=_bounded_http_protocol())
     return uvicorn.Server(config)
 
 
@@ -280,6 +285,13 @@ def _http_protocol() -> str:
     if importlib.util.find_spec("httptools") is None:
         return "auto"
     return "tidings.receiver.fast_http:WebhookHttpProtocol"
+
+
+def _bounded_http_protocol() -> str:
+    """uvicorn's httptools protocol with the connection limits, or uvicorn's choice without httptools."""
+    if importlib.util.find_spec("httptools") is None:
+        return "auto"
+    return "tidings.serving.bounded_http:BoundedHttpProtocol"
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -343,14 +355,14 @@ def run_service(config: ReceiverConfig, host: str = "127.0.0.1", port: int = 800
                    proxy_headers=False, server_header=False)
     try:
         if config.workers <= 1:
-            uvicorn.Server(uvicorn.Config(ReceiverService(config, handlers).app, **options)).run(
+            uvicorn.Server(limited_config(ReceiverService(config, handlers).app, config.limits, **options)).run(
                 sockets=[public_socket])
             return
         if handlers is not None:
             raise ValueError("handlers given as objects need workers=1; name them as module:function instead")
         os.environ[CONFIG_ENV] = config.to_json()
-        workers = uvicorn.Config("tidings.apps.receiver_service:create_app", factory=True, workers=config.workers,
-                                 **options)
+        workers = limited_config("tidings.apps.receiver_service:create_app", config.limits, factory=True,
+                                 workers=config.workers, **options)
         Multiprocess(workers, sockets=[public_socket]).run()
     finally:
         public_socket.close()

@@ -11,6 +11,14 @@ import orjson
 import typer
 
 from tidings.cli.errors import CliError
+from tidings.cli.limit_options import (
+    DEFAULT_LIMITS,
+    BodyTimeout,
+    HeadTimeout,
+    MaxBodyBytes,
+    MaxConnections,
+    connection_limits,
+)
 from tidings.contract.headers import DEFAULT_VENDOR_PREFIX
 
 app = typer.Typer(help="Inspect and repair a receiver's store: events, quarantine, dead letters.", no_args_is_help=True)
@@ -80,6 +88,10 @@ def receive_command(
     gap_wait: float = typer.Option(
         30.0, "--gap-wait", help="seconds the inbox waits on a hole in a conversation's X-Tidings-Sequence before reporting it"
     ),
+    max_connections: MaxConnections = DEFAULT_LIMITS.max_connections,
+    max_body_bytes: MaxBodyBytes = DEFAULT_LIMITS.max_body_bytes,
+    head_timeout: HeadTimeout = DEFAULT_LIMITS.head_timeout,
+    body_timeout: BodyTimeout = DEFAULT_LIMITS.body_timeout,
 ) -> None:
     """Run the receiver: verify, store, acknowledge; then project the inbox and run the handlers."""
     from tidings.contract.signing import KeyFormatError
@@ -87,7 +99,9 @@ def receive_command(
     from tidings.apps.receiver_admin import admin_listener
     from tidings.apps.receiver_service import ReceiverConfig, listen, run_service
     from tidings.cli.sockets import inherited_socket
+    from tidings.serving.limits import raise_open_file_limit
 
+    raise_open_file_limit()  # so that --max-connections, not EMFILE, decides; the worker processes inherit it
     if not public_key and not signing_secret:
         raise CliError("give at least one --public-key (or --signing-secret) to verify requests with")
     if not org_id and not any_org:
@@ -117,6 +131,7 @@ def receive_command(
         verify_threads=verify_threads,
         gap_wait=gap_wait,
         vendor_prefix=vendor_prefix,
+        limits=connection_limits(max_connections, max_body_bytes, head_timeout, body_timeout),
     )
     try:
         config.verifier()

@@ -25,10 +25,19 @@ from tidings.cli.delivery_options import (
     VendorPrefix,
 )
 from tidings.cli.errors import CliError
+from tidings.cli.limit_options import (
+    DEFAULT_LIMITS,
+    BodyTimeout,
+    HeadTimeout,
+    MaxBodyBytes,
+    MaxConnections,
+    connection_limits,
+)
 from tidings.cli.secrets_key import SecretsKeyFile, use_secrets_keys
 from tidings.cli.sockets import inherited_socket
 from tidings.contract.signing import DEFAULT_VENDOR_PREFIX, PRIVATE_KEY_FILENAME, Signer, generate_private_key, save_key_pair
 from tidings.platform.settings import DeliverySettings, PartnerSettings, PlatformSettings
+from tidings.serving.limits import ConnectionLimits, limited_config, raise_open_file_limit
 from tidings.store.engine import DEFAULT_DB_URL
 
 log = logging.getLogger("tidings.serve")
@@ -70,9 +79,16 @@ def serve_command(
                                                         help="share of replies a simulated partner refuses")] = 0.05,
     dispatcher: Annotated[bool, typer.Option("--dispatcher/--no-dispatcher",
                                              help="deliver from this process too")] = True,
+    max_connections: MaxConnections = DEFAULT_LIMITS.max_connections,
+    max_body_bytes: MaxBodyBytes = DEFAULT_LIMITS.max_body_bytes,
+    head_timeout: HeadTimeout = DEFAULT_LIMITS.head_timeout,
+    body_timeout: BodyTimeout = DEFAULT_LIMITS.body_timeout,
 ) -> None:
     """Serve the /v2 API and the dashboard, and deliver webhooks."""
     from tidings.cli.keys import read_private_key
+
+    raise_open_file_limit()  # so that --max-connections, not EMFILE, decides
+    limits = connection_limits(max_connections, max_body_bytes, head_timeout, body_timeout)
 
     prepare_database(db)
     use_secrets_keys(secrets_key_file, data_dir, create=True)
@@ -96,7 +112,7 @@ def serve_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sock = inherited_socket(fd) if fd is not None else None
     asyncio.run(run_platform(settings, signer, host=host, port=port, concurrency=concurrency,
-                             with_dispatcher=dispatcher, sock=sock))
+                             with_dispatcher=dispatcher, sock=sock, limits=limits))
 
 
 def prepare_database(db: str) -> None:
@@ -128,9 +144,10 @@ async def seal_clear_secrets(engine) -> None:
 
 async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str, port: int, concurrency: int = 256,
                        with_dispatcher: bool = True, ready: asyncio.Event | None = None,
-                       stop: asyncio.Event | None = None, sock: socket.socket | None = None) -> None:
+                       stop: asyncio.Event | None = None, sock: socket.socket | None = None,
+                       limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
     """Serves the API on ``host:port``, or on ``sock`` when given (and delivers),
-    until stopped by a signal or ``stop``."""
+    with ``limits`` on its connections, until stopped by a signal or ``stop``."""
     import uvicorn
 
     from tidings.apps.platform import platform_app
@@ -144,7 +161,7 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
     app = platform_app(PlatformContext(settings=settings, engine=engine, signer=signer))
     # A short graceful shutdown: the dashboard's live pages hold streams open. The
     # http protocol answers custom-channel ingestion without ASGI (fast_ingest).
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+    server = uvicorn.Server(limited_config(app, limits, host=host, port=port, log_level="warning", lifespan="on",
                                            timeout_graceful_shutdown=3, http=http_protocol()))
     stop = stop or asyncio.Event()
     tasks = []

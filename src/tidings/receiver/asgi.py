@@ -20,11 +20,12 @@ from typing import Any
 
 from tidings.receiver.answers import Answer
 from tidings.receiver.core import Receiver
+from tidings.serving.limits import DEFAULT_LIMITS
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
-MAX_BODY_BYTES = 1 << 20  # an event is a few kilobytes; refuse to buffer a flood
+MAX_BODY_BYTES = DEFAULT_LIMITS.max_body_bytes  # an event is a few kilobytes; refuse to buffer a flood
 HEALTH_PATH = "/health"
 
 _JSON = [(b"content-type", b"application/json")]

@@ -11,9 +11,10 @@ The answers are the same bytes either way (``tests/test_receiver_fast_http.py``)
 from __future__ import annotations
 
 import asyncio
+import json
 
 from tidings.receiver.answers import Answer
-from tidings.receiver.asgi import MAX_BODY_BYTES, ReceiverApp, match_webhook_path
+from tidings.receiver.asgi import ReceiverApp, match_webhook_path
 from tidings.serving.fast_path import FastPathProtocol, http_response
 
 
@@ -36,8 +37,6 @@ def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
 
 class WebhookHttpProtocol(FastPathProtocol):
     """``uvicorn.run(..., http=WebhookHttpProtocol)`` with a ``ReceiverApp`` as the app."""
-
-    max_body = MAX_BODY_BYTES
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
@@ -62,7 +61,8 @@ class WebhookHttpProtocol(FastPathProtocol):
         return http_response(outcome.status, answer_headers(outcome), outcome.body,
                              self.server_state.default_headers, cycle.keep_alive), False
 
-    def too_large(self, cycle) -> bytes:
-        answer = Answer(413, b'{"error":"body too large"}')
-        return http_response(413, answer_headers(answer), answer.body, self.server_state.default_headers,
+    def refusal_response(self, status: int, message: str) -> bytes:
+        """A refusal in the receiver's words: ``{"error": message}``, as its ASGI app answers."""
+        answer = Answer(status, json.dumps({"error": message}, separators=(",", ":")).encode())
+        return http_response(status, answer_headers(answer), answer.body, self.server_state.default_headers,
                              keep_alive=False)

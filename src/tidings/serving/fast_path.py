@@ -3,9 +3,10 @@
     uvicorn.run(app, http=SubclassOfFastPathProtocol)
 
 Everything about connections stays uvicorn's (keep-alive, pipelining, flow
-control, timeouts, shutdown), and so does every request the subclass does
-not ``take``. A request it takes skips the ASGI machinery: its body is
-buffered (at most ``max_body`` bytes), handed to ``submit``, and the answer
+control, shutdown) or ``BoundedHttpProtocol``'s (the limits), and so does
+every request the subclass does not ``take``. A request it takes skips the
+ASGI machinery: its body is buffered (at most ``max_body_bytes`` of the
+limits), handed to ``submit``, and the answer
 written in one ``write`` when the returned future resolves. Both fast paths
 (custom-channel ingestion on the platform, webhook POSTs on the receiver)
 are subclasses; ``bench/ingest.py`` and ``bench/receive.py`` measure them
@@ -20,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from tidings.serving.bounded_http import BoundedHttpProtocol
+from tidings.serving.limits import body_too_large
 
 __all__ = ["FastPathProtocol", "http_response"]
 
@@ -41,11 +45,9 @@ def http_response(status: int, headers: Headers, body: bytes, default_headers: H
     return b"".join(lines)
 
 
-class FastPathProtocol(HttpToolsProtocol):
+class FastPathProtocol(BoundedHttpProtocol):
     """The base of the fast paths; a subclass says which requests it takes,
     starts their work, and renders their answers."""
-
-    max_body = 1 << 20  # bytes of a taken request's body; past it, ``too_large`` and the connection closes
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
@@ -68,13 +70,6 @@ class FastPathProtocol(HttpToolsProtocol):
         whether the connection must close after it."""
         raise NotImplementedError
 
-    def too_large(self, cycle) -> bytes:
-        """The response to a taken request whose body passed ``max_body``."""
-        body = b'{"error":"body too large"}'
-        return http_response(413, [(b"content-type", b"application/json"),
-                                   (b"content-length", b"%d" % len(body))], body,
-                             self.server_state.default_headers, keep_alive=False)
-
     # ---------------------------------------------------------------- uvicorn's callbacks
 
     def _start_asgi_task(self, cycle, app) -> None:
@@ -96,15 +91,15 @@ class FastPathProtocol(HttpToolsProtocol):
         if cycle.response_complete:
             return
         cycle.body += body
-        if len(cycle.body) > self.max_body:
-            cycle.keep_alive = False  # the rest of the body is not read: the connection cannot go on
-            self._respond(cycle, self.too_large(cycle), close=True)
+        if body_too_large(len(cycle.body), self.limits):
+            raise self._refused(413, "body too large")  # answered and closed by BoundedHttpProtocol
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if cycle is None or cycle is not self.fast_cycle:
             super().on_message_complete()
             return
+        self.read_deadline = None
         if cycle.response_complete:
             return
         cycle.more_body = False

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from tidings.contract import MessageCreated, MessageUpdated
 from tidings.platform.api import conversation_routes, delivery_routes, directory_routes, key_routes, webhook_routes
-from tidings.platform.api.auth import watch_revocations
+from tidings.platform.api.auth import KeyBeforeBody, watch_revocations
 from tidings.platform.api.context import PlatformContext
 from tidings.platform.ingest_queue import IngestQueue
 from tidings.platform.partners import PartnerSimulator
@@ -102,6 +102,7 @@ def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> 
     async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(validation_problem(exc), status_code=422)
 
+    app.add_middleware(KeyBeforeBody, platform=context)  # the API key before any body is read
     app.include_router(webhook_routes.router)
     app.include_router(conversation_routes.router)
     app.include_router(directory_routes.router)

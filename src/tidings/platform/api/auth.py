@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -45,6 +46,74 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+MISSING_KEY = "missing x-APIKey header"
+UNKNOWN_KEY = "unknown API key"
+
+
+async def key_row(platform: PlatformContext, key: str):
+    """The stored key (``id``, ``kind``, ``org_id``), remembered once found (its use
+    noted, see ``note_use_if_stale``); ``None`` if unknown or revoked."""
+    key_hash = hash_api_key(key)
+    row = platform.known_keys.get(("key", key_hash))
+    if row is None:
+        async with platform.engine.connect() as conn:
+            row = (await conn.execute(
+                select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id, api_keys.c.last_used_at)
+                .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+            )).first()
+        if row is not None:
+            platform.known_keys.put(("key", key_hash), row)
+            await note_use_if_stale(platform, row.id, row.last_used_at)
+    return row
+
+
+def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's head announces a body (pure)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
+
+
+def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The ``x-APIKey`` of a request's head, if any (pure)."""
+    for name, value in headers:
+        if name == b"x-apikey":
+            return value.decode("latin-1")
+    return None
+
+
+class KeyBeforeBody:
+    """ASGI middleware: a request to ``/v2`` with a body and without a known
+    API key gets ``401`` before its body is read (the connection then closes),
+    so no stranger's body is ever buffered or parsed. Routes check the key
+    (and a PROVIDER key's ``org_id``) again, from the cache."""
+
+    def __init__(self, app, platform: PlatformContext) -> None:
+        self.app = app
+        self.platform = platform
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v2/") and has_body(scope["headers"]):
+            key = presented_key(scope["headers"])
+            if not key:
+                await refuse_unauthenticated(send, MISSING_KEY)
+                return
+            if await key_row(self.platform, key) is None:
+                await refuse_unauthenticated(send, UNKNOWN_KEY)
+                return
+        await self.app(scope, receive, send)
+
+
+async def refuse_unauthenticated(send, detail: str) -> None:
+    """``401`` as FastAPI words it, closing the connection: the body is left unread."""
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 @dataclass(frozen=True)
 class OrgContext:
     """The organization a request acts for, and the key that proved it."""
@@ -61,19 +130,10 @@ async def org_context(
     platform: PlatformContext = Depends(platform_context),
 ) -> OrgContext:
     if not key:
-        raise HTTPException(401, "missing x-APIKey header")
-    key_hash = hash_api_key(key)
-    row = platform.known_keys.get(("key", key_hash))
+        raise HTTPException(401, MISSING_KEY)
+    row = await key_row(platform, key)
     if row is None:
-        async with platform.engine.connect() as conn:
-            row = (await conn.execute(
-                select(api_keys.c.id, api_keys.c.kind, api_keys.c.org_id, api_keys.c.last_used_at)
-                .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-            )).first()
-        if row is None:
-            raise HTTPException(401, "unknown API key")
-        platform.known_keys.put(("key", key_hash), row)
-        await note_use_if_stale(platform, row.id, row.last_used_at)
+        raise HTTPException(401, UNKNOWN_KEY)
     if row.kind == ORG_KEY:
         if org_id is not None and org_id != row.org_id:
             raise HTTPException(403, "this key belongs to another organization")

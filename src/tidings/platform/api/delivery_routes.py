@@ -52,7 +52,8 @@ class TryoutItem(BaseModel):
 
 
 class TryoutIn(BaseModel):
-    items: list[TryoutItem] = Field(min_length=1, description="Only the first item is used.")
+    # As many as a configuration body may hold; only the first is used.
+    items: list[TryoutItem] = Field(min_length=1, max_length=len(EVENT_TYPES), description="Only the first item is used.")
 
 
 class TryoutResult(BaseModel):

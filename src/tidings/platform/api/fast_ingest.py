@@ -31,12 +31,14 @@ from tidings.platform.api.models import IncomingMessageIn, storable
 from tidings.platform.conversations import MessagingError, NotFound, Refused
 from tidings.platform.ingestion import ChannelMessage, IncomingMessage, IngestResult
 from tidings.serving.fast_path import FastPathProtocol, http_response
+from tidings.serving.limits import DEFAULT_LIMITS
 
 INGEST_PATH = re.compile(r"/v2/custom-channels/([^/]+)/messages")
 MAX_CHANNEL_ID = 24  # the route's Path(max_length=24)
-# Larger bodies (a message's content is at most 100,000 characters) go to
-# FastAPI, which reads them with flow control.
-MAX_FAST_BODY = 1 << 20
+# Larger bodies (a message's content is at most 100,000 characters), when
+# --max-body-bytes allows them, go to FastAPI, which reads them with flow control.
+MAX_FAST_BODY = DEFAULT_LIMITS.max_body_bytes
+TOO_DEEP = b'{"detail":"the JSON body is nested too deeply"}'
 
 _INTERNAL_ERROR = b"Internal Server Error"
 
@@ -97,11 +99,18 @@ def _is_json(content_type: bytes) -> bool:
     return content_type.partition(b";")[0].strip().lower() == b"application/json"
 
 
+class NestedTooDeeply(ValueError):
+    """A JSON body nested deeper than the parser's recursion allows."""
+
+
 def parse_message(body: bytes) -> IncomingMessage | None:
-    """The message, if FastAPI would accept the body as it is (pure)."""
+    """The message, if FastAPI would accept the body as it is (pure); raises
+    ``NestedTooDeeply`` for a body nested past the recursion limit."""
     try:
         data = json.loads(body)  # as Starlette's Request.json()
         valid = IncomingMessageIn.model_validate(data)
+    except RecursionError:
+        raise NestedTooDeeply("the JSON body is nested too deeply") from None
     except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
     return IncomingMessage(**valid.model_dump())
@@ -122,6 +131,8 @@ def answer_of(outcome: IngestResult | BaseException) -> tuple[int, bytes, bytes]
         body = b'{"message_id":%d,"conversation_id":%d,"duplicate":%s}' % (
             outcome.message_id, outcome.conversation_id, b"true" if outcome.duplicate else b"false")
         return 200, b"application/json", body
+    if isinstance(outcome, NestedTooDeeply):
+        return 400, b"application/json", TOO_DEEP
     if isinstance(outcome, MessagingError):  # FastAPI's HTTPException handler, a JSONResponse
         body = json.dumps({"detail": outcome.reason}, ensure_ascii=False, allow_nan=False, indent=None,
                           separators=(",", ":")).encode("utf-8")
@@ -143,8 +154,6 @@ def find_platform_app(app):
 
 class IngestHttpProtocol(FastPathProtocol):
     """``uvicorn.run(app, http=IngestHttpProtocol)`` with ``create_app(...)`` as the app."""
-
-    max_body = MAX_FAST_BODY
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
@@ -171,14 +180,19 @@ class IngestHttpProtocol(FastPathProtocol):
         return row.org_id
 
     def submit(self, cycle) -> asyncio.Future | None:
-        incoming = parse_message(bytes(cycle.body))
+        try:
+            incoming = parse_message(bytes(cycle.body))
+        except NestedTooDeeply as error:  # answered here: FastAPI's parser would recurse as deep again
+            future = self.loop.create_future()
+            future.set_exception(error)
+            return future
         if incoming is None:  # FastAPI answers, with its own words for what is wrong
             return None
         queue = self.platform_app.state.ingest_queue
         return queue.submit(ChannelMessage(self.fast_org_id, self.fast_channel_id, incoming))
 
     def render(self, cycle, outcome: object) -> tuple[bytes, bool]:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, MessagingError):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, (MessagingError, NestedTooDeeply)):
             raise outcome  # the base answers 500 and closes, as uvicorn does when an app raises
         status, content_type, body = answer_of(outcome)
         headers = [(b"content-length", b"%d" % len(body)), (b"content-type", content_type)]
