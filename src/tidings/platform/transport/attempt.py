@@ -57,7 +57,7 @@ def request_headers(signer: Signer, *, body: bytes, webhook_id: str, vendor_sign
     return headers
 
 
-def masked_headers(headers: Mapping[str, str], custom_headers: Mapping[str, str] | None) -> dict[str, str]:
+def masked_headers(headers: dict[str, str], custom_headers: Mapping[str, str] | None) -> dict[str, str]:
     """``headers`` with the value of each custom header replaced by ``MASKED``,
     unless a header of the protocol took its place (pure).
 
@@ -65,7 +65,7 @@ def masked_headers(headers: Mapping[str, str], custom_headers: Mapping[str, str]
     {'X-Token': '********', 'X-Seq': '7', 'webhook-id': 'msg_1'}
     """
     if not custom_headers:
-        return dict(headers)
+        return headers  # nothing to mask: the same dict, not a copy (the dispatcher's hot path)
     return {name: MASKED if custom_headers.get(name) == value else value for name, value in headers.items()}
 
 
