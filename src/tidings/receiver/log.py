@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,14 +22,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, delete, event, func, select, text
 from sqlalchemy.engine import Engine
 
-from tidings.receiver.dedupe import body_digest, replays
+from tidings.receiver.dedupe import BODY_PREFIX, body_digest, is_body_key, replays
 from tidings.store.engine import create_sync_engine, is_sqlite
 from tidings.store.receiver_tables import create_receiver_schema, receiver_events, receiver_quarantine
 
 EVENT = "event"
 QUARANTINE = "quarantine"
 
-_DIGESTS_PER_QUERY = 500  # body digests looked up per statement: well under both drivers' parameter limits
 
 # Any constant: the key of the lock that orders the writers of one database.
 _APPEND_LOCK_KEY = 0x7469_6469_6E67  # "tiding"
@@ -125,10 +123,26 @@ _QUARANTINE_COLUMNS = ("dedupe_key", "webhook_id", "scheme", "received_at", "err
 
 
 def _insert_sql(table, columns: tuple[str, ...], dialect) -> str:
-    """``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING``, the same SQL on both engines, in the driver's parameter style."""
+    """One row's insert, unless it repeats a stored delivery, in the driver's parameter style.
+
+    ``ON CONFLICT (dedupe_key) DO NOTHING`` skips a row whose key is stored;
+    ``NOT EXISTS`` skips one whose body is stored under a body key, or whose
+    own key is a body key and whose body is stored at all: the stored half of
+    ``tidings.receiver.dedupe.is_same_delivery``, in the same statement, so a
+    batch is one round trip under the append lock (``bench/receive.py``). The
+    row's parameters are followed by its body's digest and whether its key is
+    a body key (1 or 0). PostgreSQL types the selected parameters by casts;
+    SQLite gives them the columns' affinity.
+    """
     placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
+    if dialect.name == "postgresql":
+        values = [f"CAST({placeholder} AS {table.c[name].type.compile(dialect=dialect)})" for name in columns]
+    else:
+        values = [placeholder] * len(columns)
     return (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))}) "
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(values)} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} WHERE body_sha256 = {placeholder} "
+        f"AND (substr(dedupe_key, 1, {len(BODY_PREFIX)}) = '{BODY_PREFIX}' OR {placeholder} = 1)) "
         "ON CONFLICT (dedupe_key) DO NOTHING"
     )
 
@@ -197,27 +211,12 @@ class EventLog:
         (``bench/receive.py``).
         """
         self.lock_appends(conn)
-        events = [_event_row(r) for r in self._first_deliveries(conn, receiver_events, records, EVENT)]
-        quarantined = [_quarantine_row(r) for r in self._first_deliveries(conn, receiver_quarantine, records, QUARANTINE)]
+        events = [_event_row(r) + _replay_check(r) for r in _first_of_batch(records, EVENT)]
+        quarantined = [_quarantine_row(r) + _replay_check(r) for r in _first_of_batch(records, QUARANTINE)]
         if events:
             conn.exec_driver_sql(self._insert_event_sql, events)
         if quarantined:
             conn.exec_driver_sql(self._insert_quarantined_sql, quarantined)
-
-    def _first_deliveries(self, conn: Connection, table, records: Sequence[Record], kind: str) -> list[Record]:
-        """The records of ``kind`` that are no replay of a stored delivery nor of an earlier one of the batch."""
-        mine = [r for r in records if r.kind == kind]
-        if not mine:
-            return mine
-        stored: dict[bytes, list[str]] = {}
-        digests = sorted({r.body_sha256 for r in mine})
-        for start in range(0, len(digests), _DIGESTS_PER_QUERY):
-            chunk = tuple(digests[start : start + _DIGESTS_PER_QUERY])
-            sql = _same_bodies_sql(table.name, len(chunk), self.engine.dialect.paramstyle)
-            for digest, key in conn.exec_driver_sql(sql, chunk):
-                stored.setdefault(bytes(digest), []).append(key)
-        verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], stored)
-        return [record for record, repeated in zip(mine, verdicts) if not repeated]
 
     def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database, without blocking writers.
@@ -306,11 +305,16 @@ class EventLog:
         return ReprocessOutcome(moved, failing)
 
 
-@functools.lru_cache(maxsize=128)
-def _same_bodies_sql(table_name: str, count: int, paramstyle: str) -> str:
-    """The rows with one of ``count`` body digests, in the driver's parameter style (no SQLAlchemy on the hot path)."""
-    placeholders = ", ".join(["?" if paramstyle == "qmark" else "%s"] * count)
-    return f"SELECT body_sha256, dedupe_key FROM {table_name} WHERE body_sha256 IN ({placeholders})"
+def _first_of_batch(records: Sequence[Record], kind: str) -> list[Record]:
+    """The records of ``kind`` that repeat no earlier one of the batch (the stored ones are the insert's to skip)."""
+    mine = [r for r in records if r.kind == kind]
+    verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], {})
+    return [record for record, repeated in zip(mine, verdicts) if not repeated]
+
+
+def _replay_check(record: Record) -> tuple:
+    """The parameters of the insert's replay check (``_insert_sql``)."""
+    return (record.body_sha256, int(is_body_key(record.dedupe_key)))
 
 
 def _event_row(record: Record) -> tuple:
