@@ -249,7 +249,7 @@ def event_log(db_url):
     log.dispose()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # rows deleted per example
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # rows deleted per example
 @given(batches=st.lists(keys_and_bodies, min_size=1, max_size=4))
 def test_the_store_keeps_what_the_replay_rule_keeps(event_log, batches):
     """The insert's own replay check (``NOT EXISTS`` in SQL) against the pure rule, batch after batch, on both engines."""

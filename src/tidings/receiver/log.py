@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from tidings.store.receiver_tables import create_receiver_schema, receiver_event
 EVENT = "event"
 QUARANTINE = "quarantine"
 
+
+_DIGESTS_PER_QUERY = 500  # body digests looked up per statement: well under both drivers' parameter limits
 
 # Any constant: the key of the lock that orders the writers of one database.
 _APPEND_LOCK_KEY = 0x7469_6469_6E67  # "tiding"
@@ -129,7 +132,8 @@ def _insert_sql(table, columns: tuple[str, ...], dialect) -> str:
     ``NOT EXISTS`` skips one whose body is stored under a body key, or whose
     own key is a body key and whose body is stored at all: the stored half of
     ``tidings.receiver.dedupe.is_same_delivery``, in the same statement, so a
-    batch is one round trip under the append lock (``bench/receive.py``). The
+    batch of requests with signed ids is one round trip under the append lock
+    (``bench/receive.py``; ``EventLog._first_deliveries`` says when more). The
     row's parameters are followed by its body's digest and whether its key is
     a body key (1 or 0). PostgreSQL types the selected parameters by casts;
     SQLite gives them the columns' affinity.
@@ -211,12 +215,34 @@ class EventLog:
         (``bench/receive.py``).
         """
         self.lock_appends(conn)
-        events = [_event_row(r) + _replay_check(r) for r in _first_of_batch(records, EVENT)]
-        quarantined = [_quarantine_row(r) + _replay_check(r) for r in _first_of_batch(records, QUARANTINE)]
+        events = [_event_row(r) + _replay_check(r) for r in self._first_deliveries(conn, receiver_events, records, EVENT)]
+        quarantined = [_quarantine_row(r) + _replay_check(r)
+                       for r in self._first_deliveries(conn, receiver_quarantine, records, QUARANTINE)]
         if events:
             conn.exec_driver_sql(self._insert_event_sql, events)
         if quarantined:
             conn.exec_driver_sql(self._insert_quarantined_sql, quarantined)
+
+    def _first_deliveries(self, conn: Connection, table, records: Sequence[Record], kind: str) -> list[Record]:
+        """The records of ``kind`` that repeat no earlier one of the batch, nor, when one of them has a
+        body key, a stored delivery.
+
+        Requests with a signed id (every delivery the platform makes) are checked against the stored
+        rows by the insert itself (``_insert_sql``). A body-keyed one (a request without ``webhook-*``
+        headers) needs the stored keys of its body first: whether it repeats a stored delivery
+        decides whether it hides a later one of the batch with the same body.
+        """
+        mine = [r for r in records if r.kind == kind]
+        stored: dict[bytes, list[str]] = {}
+        if any(is_body_key(r.dedupe_key) for r in mine):
+            digests = sorted({r.body_sha256 for r in mine})
+            for start in range(0, len(digests), _DIGESTS_PER_QUERY):
+                chunk = tuple(digests[start : start + _DIGESTS_PER_QUERY])
+                sql = _same_bodies_sql(table.name, len(chunk), self.engine.dialect.paramstyle)
+                for digest, key in conn.exec_driver_sql(sql, chunk):
+                    stored.setdefault(bytes(digest), []).append(key)
+        verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], stored)
+        return [record for record, repeated in zip(mine, verdicts) if not repeated]
 
     def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database, without blocking writers.
@@ -305,11 +331,11 @@ class EventLog:
         return ReprocessOutcome(moved, failing)
 
 
-def _first_of_batch(records: Sequence[Record], kind: str) -> list[Record]:
-    """The records of ``kind`` that repeat no earlier one of the batch (the stored ones are the insert's to skip)."""
-    mine = [r for r in records if r.kind == kind]
-    verdicts = replays([(r.dedupe_key, r.body_sha256) for r in mine], {})
-    return [record for record, repeated in zip(mine, verdicts) if not repeated]
+@functools.lru_cache(maxsize=128)
+def _same_bodies_sql(table_name: str, count: int, paramstyle: str) -> str:
+    """The rows with one of ``count`` body digests, in the driver's parameter style (no SQLAlchemy on the hot path)."""
+    placeholders = ", ".join(["?" if paramstyle == "qmark" else "%s"] * count)
+    return f"SELECT body_sha256, dedupe_key FROM {table_name} WHERE body_sha256 IN ({placeholders})"
 
 
 def _replay_check(record: Record) -> tuple:
