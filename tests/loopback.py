@@ -194,3 +194,19 @@ async def http_client(app: Any, *, timeout: float = 30.0, **options: Any) -> Asy
     options.setdefault("lifespan", "off")
     async with serve_uvicorn(app, **options) as url, httpx.AsyncClient(base_url=url, timeout=timeout) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def serving_hook(handle: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[str]:
+    """An aiohttp app that answers ``POST /hook`` with ``handle``, on a loopback port; yields the hook's URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()

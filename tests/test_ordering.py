@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from aiohttp import web
 from sqlalchemy import func, select, text, update
 
+from tests.loopback import serving_hook
 from tests.dispatcher_support import add_configuration, add_organization, database, fast_settings, new_signer
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import private_key_whsk
@@ -56,7 +57,6 @@ class OrderedEndpoint:
         self.in_flight: defaultdict[int, int] = defaultdict(int)
         self.overlaps = 0
         self.requests = 0
-        self.port = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -77,19 +77,8 @@ class OrderedEndpoint:
         finally:
             self.in_flight[conversation] -= 1
 
-    @contextlib.asynccontextmanager
-    async def serving(self):
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        try:
-            yield f"http://127.0.0.1:{self.port}/hook"
-        finally:
-            await runner.cleanup()
+    def serving(self):
+        return serving_hook(self.handle)
 
 
 async def add_conversation_events(engine, signer, org_id: int, count: int, conversations: int, seed: int = 3) -> None:

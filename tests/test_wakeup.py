@@ -6,7 +6,6 @@ dispatcher) and across two processes on PostgreSQL (NOTIFY, LISTEN)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select
 
+from tests.loopback import serving_hook
 from tests.dispatcher_support import add_configuration, add_organization, database, fast_settings, new_signer
 from tidings.contract.samples import SampleFactory
 from tidings.contract.signing import private_key_whsk
@@ -43,18 +43,8 @@ class Subscriber:
         self.arrivals.put_nowait(time.perf_counter())
         return web.Response(status=200)
 
-    @contextlib.asynccontextmanager
-    async def serving(self):
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-        finally:
-            await runner.cleanup()
+    def serving(self):
+        return serving_hook(self.handle)
 
 
 async def commit_events_one_by_one(engine, signer, org_id: int, subscriber: Subscriber) -> list[float]:
