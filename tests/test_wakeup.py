@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 POLL = 60.0  # the safety net, far longer than the test
 BOUND = 0.100  # seconds from a commit to the subscriber
 EVENTS = 5
+SETTLE = 0.3  # seconds between an arrival and the next commit: more than the dispatcher's flush interval
 
 
 class Subscriber:
@@ -52,6 +53,9 @@ async def commit_events_one_by_one(engine, signer, org_id: int, subscriber: Subs
     factory = SampleFactory(3)
     delays = []
     for _ in range(EVENTS):
+        # Once the dispatcher has recorded the last delivery and looked again for more,
+        # it sleeps: only a wake-up can bring the next one within the bound.
+        await asyncio.sleep(SETTLE)
         async with engine.begin() as conn:
             await record_event(conn, org_id=org_id, event=factory.message_created(org_id=org_id), signer=signer)
         committed = time.perf_counter()

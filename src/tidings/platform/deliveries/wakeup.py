@@ -40,9 +40,10 @@ _sleepers_lock = threading.Lock()
 def mark_deliveries_written(conn: Connection) -> None:
     """Says, in ``conn``'s transaction, that it wrote deliveries that are due:
     dispatchers wake when it commits (once per transaction)."""
-    info = conn.info
+    info = conn.info  # the DBAPI connection's: it outlives the transaction, back in the pool
     if info.get(_WRITTEN):
         return
+    watch(conn.engine)  # so that the transaction's end clears the mark, on every engine
     info[_WRITTEN] = True
     if conn.dialect.name == "postgresql":
         conn.execute(_NOTIFY)  # delivered at commit, never for a rollback
