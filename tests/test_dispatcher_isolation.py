@@ -100,3 +100,46 @@ async def test_a_stalled_endpoint_does_not_hold_up_deliveries_to_another(db_url)
             stalled.release.set()
             stop.set()
             await asyncio.wait_for(running, 30)
+
+
+IDLE_SPELL = 0.8  # seconds: more than two of the dispatcher's pace windows (RATE_WINDOW)
+BURST = 120  # deliveries at once after the spell: many more than MAX_PER_ENDPOINT
+
+
+async def test_a_burst_after_an_idle_spell_is_sent_not_handed_back(db_url):
+    """An endpoint that was idle has no pace yet: the burst that follows is
+    held and sent, not handed back to the database for a second as if the
+    endpoint were slow (its pace read as zero over the idle spell)."""
+    signer = new_signer()
+    answered = []
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        answered.append(time.monotonic())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", answer)
+    settings = fast_settings(max_per_endpoint=MAX_PER_ENDPOINT, batch_size=BURST)
+    async with serve_aiohttp(app) as url, database(db_url) as engine:
+        org = await add_organization(engine)
+        config = await add_configuration(engine, org, url + "/hook")
+        dispatcher = Dispatcher(engine, signer, settings, concurrency=CONCURRENCY, poll_interval=0.05)
+        stop = asyncio.Event()
+        running = asyncio.create_task(dispatcher.run(stop))
+        try:
+            await add_events(engine, signer, org, 3, seed=1)
+            started = time.monotonic()
+            while await delivered_to(engine, config) < 3:
+                assert time.monotonic() - started < BOUND and not running.done()
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(IDLE_SPELL)
+            await add_events(engine, signer, org, BURST, seed=2)
+            started = time.monotonic()
+            while await delivered_to(engine, config) < 3 + BURST:
+                assert time.monotonic() - started < BOUND and not running.done()
+                await asyncio.sleep(0.02)
+            assert dispatcher.stats.handed_back == 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)

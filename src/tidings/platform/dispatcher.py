@@ -145,6 +145,14 @@ class _Endpoint:
         self._rotate(now)
         self.current += 1
 
+    def went_idle(self) -> None:
+        """Nothing queued and nothing in flight: the pace measured so far says
+        nothing of the next burst (an idle spell would read as a pace of zero
+        and hand that burst back for a second, ``bench/e2e.py``), so it is
+        measured afresh from the next job."""
+        self.seen_since = None
+        self.previous = self.current = 0
+
     def rate(self, now: float) -> float | None:
         """Completions per second over the last one to two windows; ``None`` before
         a window has passed since the first job (nothing is known yet)."""
@@ -494,7 +502,7 @@ class Dispatcher:
         if endpoint is None:
             endpoint = self._endpoints[key] = _Endpoint(key, CircuitBreaker(self.circuit_policy), window_start=now)
         if endpoint.seen_since is None:
-            endpoint.seen_since = now
+            endpoint.seen_since = endpoint.window_start = now
         return endpoint
 
     def _queue_limit(self, endpoint: _Endpoint, now: float) -> int:
@@ -528,6 +536,8 @@ class Dispatcher:
         try:
             while not self._stopping:
                 if not endpoint.queue:
+                    if endpoint.idle_runners + 1 == endpoint.runners:  # the last one busy: the endpoint is idle
+                        endpoint.went_idle()
                     if await self._more_jobs(endpoint):
                         continue
                     break
