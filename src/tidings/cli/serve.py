@@ -158,15 +158,16 @@ async def run_platform(settings: PlatformSettings, signer: Signer, *, host: str,
 
     engine = create_engine(settings.db_url)
     await seal_clear_secrets(engine)
-    app = platform_app(PlatformContext(settings=settings, engine=engine, signer=signer))
+    dispatcher = build_dispatcher(engine, signer, settings.delivery, concurrency=concurrency) \
+        if with_dispatcher else None
+    app = platform_app(PlatformContext(settings=settings, engine=engine, signer=signer, dispatcher=dispatcher))
     # A short graceful shutdown: the dashboard's live pages hold streams open. The
     # http protocol answers custom-channel ingestion without ASGI (fast_ingest).
     server = uvicorn.Server(limited_config(app, limits, host=host, port=port, log_level="warning", lifespan="on",
                                            timeout_graceful_shutdown=3, http=http_protocol()))
     stop = stop or asyncio.Event()
     tasks = []
-    if with_dispatcher:
-        dispatcher = build_dispatcher(engine, signer, settings.delivery, concurrency=concurrency)
+    if dispatcher is not None:
         tasks.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
 
     async def stop_server_on_event() -> None:

@@ -96,6 +96,7 @@ def endpoint_key(url: str) -> str:
 @dataclass
 class DispatcherStats:
     claimed: int = 0
+    taken: int = 0  # of those, claimed for it by a writer of its process (``take``)
     attempts: int = 0
     delivered: int = 0
     failed: int = 0
@@ -227,8 +228,29 @@ class Dispatcher:
         self._delivered_decisions: dict[int, Decision] = {}  # by 2xx status
         self._saturated: set[str] = set()  # endpoints that recently had deliveries handed back
         self._next_purge_at = 0.0
+        self._taking = False  # registered and delivering: writers of this process may hand it deliveries
 
     # ------------------------------------------------------------ running
+
+    def room_to_hand_off(self) -> int:
+        """How many due deliveries a writer of this process may claim for this
+        dispatcher in its own transaction (``take``): none unless it is
+        delivering, nor while it has less room than it claims for itself."""
+        if not self._taking or self._stopping:
+            return 0
+        room = min(self.batch_size, self.capacity - self._in_process)
+        return room if room >= self._low_water else 0
+
+    def take(self, claim: CycleClaim) -> None:
+        """Sends the deliveries a writer of this process claimed for this
+        dispatcher (``room_to_hand_off``) in a transaction that committed: a
+        message's delivery leaves without waiting for a cycle of its own."""
+        if not claim.claimed:
+            return
+        self.stats.claimed += len(claim.claimed)
+        self.stats.taken += len(claim.claimed)
+        self._route(claim.claimed, claim.bodies, claim.configs, time.time())
+        self._signal.set()  # a configuration deleted meanwhile leaves drops to write
 
     def wake(self) -> None:
         """New deliveries were written: look for them now rather than at the next poll."""
@@ -265,6 +287,7 @@ class Dispatcher:
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
         cycles = asyncio.create_task(self._cycle_loop(until_idle=until_idle), name="dispatcher-cycles")
         watcher = asyncio.create_task(stop_event.wait()) if stop_event is not None else None
+        self._taking = True
         try:
             await asyncio.wait({cycles} | ({watcher} if watcher else set()), return_when=asyncio.FIRST_COMPLETED)
             if not cycles.done():
@@ -273,6 +296,7 @@ class Dispatcher:
                 await asyncio.wait([cycles], timeout=self.settings.attempt_timeout + 30.0)
             cycles.result()  # re-raises a crash
         finally:
+            self._taking = False
             self._stop()
             for task in (watcher, cycles, heartbeat):
                 if task is not None:

@@ -17,6 +17,13 @@ statements cost two thread switches, and with them most of a message's
 time to its subscriber (``bench/e2e.py``). On PostgreSQL it goes through the
 async driver.
 
+On SQLite, when this process delivers too (``tidings serve``), the same
+transaction also claims the due deliveries for its dispatcher, which sends
+them once it commits (``Dispatcher.take``): a message's delivery leaves
+without waiting for the writer's lock, and for a claim, of its own
+(``bench/e2e.py``). What it cannot claim (no room), the commit's wake-up
+leaves to the dispatcher's own cycle.
+
 Refusals are decided before any write, so a refused message leaves the
 others of its batch untouched. Should a batch fail for another reason (a
 database error), each of its messages is tried again in a transaction of its
@@ -28,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,11 +46,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.contract.signing import Signer
 from tidings.platform.deliveries import wakeup
+from tidings.platform.deliveries.cycle import CycleClaim, claim_on_sqlite
 from tidings.platform.ingestion import ChannelMessage, IngestResult, Outcome, ingest_batch, ingest_messages
 from tidings.platform.sodium import sodium_signer
 from tidings.store.engine import create_sync_engine, url_of, write_lock
 
 log = logging.getLogger(__name__)
+
+
+class HandOff(Protocol):
+    """This process's dispatcher, as a writer that claims for it sees it (``Dispatcher``)."""
+
+    worker_id: str
+
+    def room_to_hand_off(self) -> int: ...
+
+    def take(self, claim: CycleClaim) -> None: ...
 
 
 @dataclass
@@ -53,8 +73,10 @@ class _Pending:
 class IngestQueue:
     """The one writer of ingested messages in this process."""
 
-    def __init__(self, engine: AsyncEngine, signer: Signer, *, max_batch: int = 500) -> None:
+    def __init__(self, engine: AsyncEngine, signer: Signer, *, max_batch: int = 500,
+                 hand_off: HandOff | None = None) -> None:
         self.engine = engine
+        self.hand_off = hand_off  # this process's dispatcher, if it has one
         # The same signatures (Ed25519 is deterministic) for less than half the CPU: each event signs once.
         self.signer = sodium_signer(signer)
         self.max_batch = max_batch
@@ -146,9 +168,23 @@ class IngestQueue:
             self._sync_engine = create_sync_engine(url_of(self.engine))
             wakeup.watch(self._sync_engine)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidings-ingest")
+        hand_off = self.hand_off
         async with write_lock(self.engine):
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._write_in_thread, batch)
+            room = hand_off.room_to_hand_off() if hand_off is not None else 0
+            outcomes, claim = await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._write_in_thread, batch, hand_off.worker_id if room else None, room)
+        if claim is not None:
+            hand_off.take(claim)
+        return outcomes
 
-    def _write_in_thread(self, batch: list[ChannelMessage]) -> list[Outcome]:
+    def _write_in_thread(self, batch: list[ChannelMessage], worker_id: str | None,
+                         room: int) -> tuple[list[Outcome], CycleClaim | None]:
+        claim = None
         with self._sync_engine.begin() as conn:
-            return ingest_batch(conn, self.signer, batch)
+            outcomes = ingest_batch(conn, self.signer, batch)
+            if worker_id is not None and wakeup.wrote_deliveries(conn):
+                claim = claim_on_sqlite(conn.connection.driver_connection, worker_id=worker_id, now=time.time(),
+                                        limit=room)
+                if len(claim.claimed) < room:  # every due delivery is claimed: nobody else needs waking
+                    wakeup.forget_deliveries_written(conn)
+        return outcomes, claim

@@ -73,7 +73,7 @@ def serving_gc() -> Iterator[None]:
 def create_app(context: PlatformContext, *, partner_seed: int | None = None) -> FastAPI:
     """The ``/v2`` API over ``context``; ``partner_seed`` pins the simulated partners' answers."""
     partners = PartnerSimulator(context.engine, context.signer, context.settings.partners, seed=partner_seed)
-    ingest_queue = IngestQueue(context.engine, context.signer)
+    ingest_queue = IngestQueue(context.engine, context.signer, hand_off=context.dispatcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

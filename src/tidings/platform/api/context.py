@@ -9,6 +9,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.contract.signing import Signer
+from tidings.platform.ingest_queue import HandOff
 from tidings.platform.settings import PlatformSettings
 
 
@@ -45,6 +46,7 @@ class PlatformContext:
     engine: AsyncEngine
     signer: Signer
     known_keys: KnownKeys = field(default_factory=KnownKeys)  # API keys found recently
+    dispatcher: HandOff | None = None  # this process's, when it delivers too: ingestion claims for it
 
 
 async def platform_context(request: Request) -> PlatformContext:

@@ -49,6 +49,7 @@ __all__ = [
     "ReleaseRow",
     "ResultRow",
     "SqliteCycle",
+    "claim_on_sqlite",
     "cycle_for",
     "cycle_of",
 ]
@@ -375,6 +376,14 @@ def _claim_in_thread(db, worker_id: str, now: float, limit: int, claimed: list) 
                for row in db.execute(sql.CONFIGURATIONS_SQLITE,
                                      (_json_ids({row.webhook_config_id for row in claimed}),))}
     return CycleClaim(claimed, due, bodies, configs)
+
+
+def claim_on_sqlite(db, *, worker_id: str, now: float, limit: int) -> CycleClaim:
+    """Claims up to ``limit`` due deliveries for ``worker_id`` in the open
+    transaction of ``db`` (a sqlite3 connection): the same claim as a
+    cycle's, for a writer of the dispatcher's process that hands them over
+    once it commits (``IngestQueue``)."""
+    return _claim_in_thread(db, worker_id, now, limit, [])
 
 
 def _promote_in_thread(db, finished: Sequence[ConversationOf], status: str, worker_id: str | None, now: float,

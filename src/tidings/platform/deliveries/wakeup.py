@@ -24,7 +24,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["CHANNEL", "deliveries_written", "listen", "mark_deliveries_written", "on_commit", "watch"]
+__all__ = ["CHANNEL", "deliveries_written", "forget_deliveries_written", "listen", "mark_deliveries_written",
+           "on_commit", "wrote_deliveries", "watch"]
 
 log = logging.getLogger("tidings.dispatcher")
 
@@ -47,6 +48,17 @@ def mark_deliveries_written(conn: Connection) -> None:
     info[_WRITTEN] = True
     if conn.dialect.name == "postgresql":
         conn.execute(_NOTIFY)  # delivered at commit, never for a rollback
+
+
+def wrote_deliveries(conn: Connection) -> bool:
+    """Whether ``conn``'s transaction wrote deliveries that are due."""
+    return bool(conn.info.get(_WRITTEN))
+
+
+def forget_deliveries_written(conn: Connection) -> None:
+    """Nobody needs waking for ``conn``'s transaction after all (on SQLite:
+    it claimed what it wrote for this process's dispatcher, ``IngestQueue``)."""
+    conn.info.pop(_WRITTEN, None)
 
 
 async def deliveries_written(conn: AsyncConnection) -> None:
