@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from tests.platform_support import running_platform
@@ -318,3 +320,27 @@ def test_each_request_in_its_own_event_loop_still_ingests_and_replies(sqlite_url
     listed = client.get("/v2/messages", headers={"x-APIKey": key},
                         params={"conversation_id": conversation_id, "per_page": 100}).json()
     assert listed["count"] == 4
+
+
+@given(writing=st.integers(0, 4), waiting=st.integers(0, 600), writers=st.integers(1, 3))
+def test_a_batch_starts_at_once_alone_and_beside_another_only_for_a_backlog(writing, waiting, writers):
+    from tidings.platform.ingest_queue import OVERLAP_AT, may_start_batch
+
+    starts = may_start_batch(writing, waiting, writers)
+    if starts:
+        assert waiting > 0 and writing < writers  # never more batches at once than writers
+    if writing == 0 and waiting > 0:
+        assert starts  # no fixed wait to gather a burst
+    if writing > 0 and waiting < OVERLAP_AT:
+        assert not starts  # a short queue waits for the batch being written
+    if 0 < writing < writers and waiting >= OVERLAP_AT:
+        assert starts
+
+
+def test_the_queue_rules_run_their_examples():
+    import doctest
+
+    from tidings.platform import ingest_queue
+
+    result = doctest.testmod(ingest_queue)
+    assert result.attempted >= 1 and result.failed == 0
