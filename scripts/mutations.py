@@ -57,6 +57,9 @@ LOCK_TESTS = ("tests/test_claim.py::test_postgresql_claim_skips_a_row_another_tr
 CIRCUIT_TESTS = ("tests/test_dispatcher_circuit.py",)
 ISOLATION_TESTS = ("tests/test_dispatcher_isolation.py",)
 LEASE_TESTS = ("tests/test_receiver_lease.py",)
+WAKE_UP_TESTS = ("tests/test_wakeup.py",)
+IDLE_PACE_TESTS = ("tests/test_dispatcher_isolation.py::test_a_burst_after_an_idle_spell_is_sent_not_handed_back",)
+HAND_OFF_TESTS = ("tests/test_hand_off.py",)
 
 MUTATIONS = (
     Mutation(
@@ -107,6 +110,22 @@ MUTATIONS = (
         (Edit(r"self\._connection\.close\(\)(\s*# ending the session)", r"type(self).kept = self._connection\1"),
          Edit(r"os\.close\(self\._file\)(\s*# closing drops the flock)", r"type(self).kept_file = self._file\1")),
         LEASE_TESTS),
+    Mutation(
+        "wake-up-mark-kept", "a pooled connection's 'deliveries written' mark outlives its transaction",
+        (Edit(r"\n\s*watch\(conn\.engine\)  # so that the transaction's end clears the mark", "\n    pass  #"),),
+        WAKE_UP_TESTS),
+    Mutation(
+        "endpoint-pace-kept-when-idle", "an endpoint keeps the pace it measured before an idle spell",
+        (Edit(r"endpoint\.went_idle\(\)", "pass"),),
+        IDLE_PACE_TESTS),
+    Mutation(
+        "hand-off-never-wakes", "what the ingestion had no room to claim waits for the dispatcher's poll",
+        (Edit(r"if len\(claim\.claimed\) < room:", "if True:"),),
+        HAND_OFF_TESTS),
+    Mutation(
+        "hand-off-none", "the ingestion never claims for the dispatcher of its process",
+        (Edit(r"room = hand_off\.room_to_hand_off\(\) if hand_off is not None else 0", "room = 0"),),
+        HAND_OFF_TESTS),
 )
 
 

@@ -98,10 +98,6 @@ class IngestQueue:
         # The same signatures (Ed25519 is deterministic) for less than half the CPU: each event signs once.
         self.signer = sodium_signer(signer)
         self.max_batch = max_batch
-        # Batches written at once: SQLite has one writer; on PostgreSQL a second
-        # transaction goes on while the first waits for its round trips
-        # (bench/ingest.py). Concurrent writers are safe there, as across processes.
-        self.writers = 1 if engine.dialect.name == "sqlite" else POSTGRES_WRITERS
         self._waiting: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -109,6 +105,13 @@ class IngestQueue:
         # SQLite: the file's synchronous engine and the thread that writes with it, made on first use.
         self._sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+
+    @property
+    def writers(self) -> int:
+        """Batches written at once: SQLite has one writer; on PostgreSQL a second
+        transaction goes on while the first waits for its round trips
+        (bench/ingest.py). Concurrent writers are safe there, as across processes."""
+        return 1 if self.engine.dialect.name == "sqlite" else POSTGRES_WRITERS
 
     async def ingest(self, message: ChannelMessage) -> IngestResult:
         """Stores the message (or finds its duplicate); returns once committed.
@@ -153,7 +156,7 @@ class IngestQueue:
         writing: set[asyncio.Task] = set()
         try:
             while True:
-                if not self._waiting or not may_start_batch(len(writing), len(self._waiting), self.writers):
+                if not may_start_batch(len(writing), len(self._waiting), self.writers):
                     await self._wake.wait()
                     self._wake.clear()
                     continue
