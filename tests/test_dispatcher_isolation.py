@@ -59,12 +59,8 @@ async def delivered_to(engine, config_id: int) -> int:
             deliveries.c.webhook_config_id == config_id, deliveries.c.status == "delivered"))).scalar_one()
 
 
-async def test_a_stalled_endpoint_does_not_hold_up_deliveries_to_another(db_url):
-    """Killed by the mutations "no per-endpoint limit" (the stalled endpoint takes every
-    connection) and "no queue budget" (its queue takes everything the dispatcher may hold)."""
-    signer = new_signer()
-    stalled = StalledEndpoint()
-    answered = []
+def answering_app(answered: list[float]) -> web.Application:
+    """An endpoint at ``/hook`` that answers 200 and notes when, in ``answered``."""
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
@@ -73,6 +69,16 @@ async def test_a_stalled_endpoint_does_not_hold_up_deliveries_to_another(db_url)
 
     app = web.Application()
     app.router.add_post("/hook", answer)
+    return app
+
+
+async def test_a_stalled_endpoint_does_not_hold_up_deliveries_to_another(db_url):
+    """Killed by the mutations "no per-endpoint limit" (the stalled endpoint takes every
+    connection) and "no queue budget" (its queue takes everything the dispatcher may hold)."""
+    signer = new_signer()
+    stalled = StalledEndpoint()
+    answered: list[float] = []
+    app = answering_app(answered)
     settings = fast_settings(attempt_timeout=60.0, max_per_endpoint=MAX_PER_ENDPOINT, batch_size=16)
     async with serve_connections(stalled.on_connection) as stalled_url, serve_aiohttp(app) as fast_url, \
             database(db_url) as engine:
@@ -111,15 +117,8 @@ async def test_a_burst_after_an_idle_spell_is_sent_not_handed_back(db_url):
     held and sent, not handed back to the database for a second as if the
     endpoint were slow (its pace read as zero over the idle spell)."""
     signer = new_signer()
-    answered = []
-
-    async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        answered.append(time.monotonic())
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", answer)
+    answered: list[float] = []
+    app = answering_app(answered)
     settings = fast_settings(max_per_endpoint=MAX_PER_ENDPOINT, batch_size=BURST)
     async with serve_aiohttp(app) as url, database(db_url) as engine:
         org = await add_organization(engine)
