@@ -30,6 +30,7 @@ from tidings.contract import (
     parse_date,
     parse_event,
 )
+from tidings.contract.dates import CONTRACT_DATE_FORMAT
 from tidings.contract.samples import CONTENT_TYPES, PARTNERS, SENDER_TYPES, STATUSES, SampleFactory
 
 
@@ -214,6 +215,12 @@ def test_event_dates_are_written_in_utc(seed_example_bytes):
                     timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-9, minutes=-30))])))
 def test_any_aware_date_round_trips_as_the_same_instant(moment):
     assert parse_date(format_date(moment)) == moment
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-9, minutes=-30))])))
+def test_a_date_is_written_in_the_contract_format(moment):
+    assert format_date(moment) == moment.astimezone(UTC).strftime(CONTRACT_DATE_FORMAT)
 
 
 # --- generated events -------------------------------------------------------------

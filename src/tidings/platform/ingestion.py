@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tidings.contract import ConversationStatus, EventPayload, MessageCreated, MessageStatus, SenderType, utcnow
+from tidings.contract import ConversationStatus, MessageStatus, SenderType, utcnow
 from tidings.contract.signing import Signer
 from tidings.platform.conversations import (
     CUSTOM_CHANNEL_PARTNER,
@@ -35,10 +36,10 @@ from tidings.platform.conversations import (
     MessagingError,
     NotFound,
     Refused,
-    conversation_model,
-    message_from_row,
+    conversation_document,
+    message_document,
 )
-from tidings.platform.deliveries.outbox import write_events
+from tidings.platform.deliveries.outbox import OutgoingEvent, write_events
 from tidings.store.pairs import pair_condition, select_pairs
 from tidings.store.platform_tables import businesses, conversations, custom_channels, messages
 
@@ -255,14 +256,25 @@ def ingest_batch(conn: Connection, signer: Signer, batch: Sequence[ChannelMessag
         events = []
         for index, message_row, conversation_row in created:
             item = batch[index]
-            message = message_from_row(message_row)
-            conversation = conversation_model(conversation_row, owners[item.incoming.business_id],
-                                              channels[item.channel_id], message)
-            events.append((item.org_id, MessageCreated(
-                type="message_created",
-                payload=EventPayload(message=message, conversation=conversation, org_id=item.org_id))))
+            events.append(OutgoingEvent(item.org_id, "message_created", message_row["conversation_id"],
+                                        message_row["id"], message_created_body(
+                                            item.org_id, message_row, conversation_row,
+                                            owners[item.incoming.business_id], channels[item.channel_id])))
         write_events(conn, events, signer=signer)
     return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+
+def message_created_body(org_id: int, message: Mapping[str, Any], conversation: Mapping[str, Any],
+                         business: Mapping[str, Any], channel: Mapping[str, Any]) -> bytes:
+    """The ``message_created`` of a new message, as the bytes its deliveries
+    send: the documents of its rows, without building the contract's models
+    first (about 90 us a message less; the same bytes as ``dump_event`` of
+    the models, ``tests/test_event_documents.py``)."""
+    last_message = message_document(message)
+    return orjson.dumps({"type": "message_created", "payload": {
+        "message": last_message,
+        "conversation": conversation_document(conversation, business, channel, last_message),
+        "org_id": org_id}})
 
 
 def _message_key(item: ChannelMessage) -> MessageKey:

@@ -25,6 +25,7 @@ import time
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,7 +41,8 @@ from tidings.platform.webhook_rules import BY_CONVERSATION
 from tidings.store.pairs import pair_condition, select_pairs
 from tidings.store.platform_tables import deliveries, delivery_sequences, events
 
-__all__ = ["initial_status", "new_webhook_id", "record_event", "record_events", "write_events"]
+__all__ = ["OutgoingEvent", "initial_status", "new_webhook_id", "outgoing", "record_event", "record_events",
+           "write_events"]
 
 
 def new_webhook_id() -> str:
@@ -55,24 +57,39 @@ def initial_status(*, ordered: bool, paused: bool, waits_behind_another: bool) -
     return HELD if paused else PENDING
 
 
+class OutgoingEvent(NamedTuple):
+    """An event to record, rendered: its body is the bytes every delivery sends."""
+
+    org_id: int
+    event_type: str
+    conversation_id: int
+    message_id: int
+    body: bytes
+
+
+def outgoing(org_id: int, event: MessageEvent) -> OutgoingEvent:
+    """``event`` of ``org_id``, rendered (``dump_event``)."""
+    return OutgoingEvent(org_id, event.type, event.payload.conversation.id, event.payload.message.id,
+                         dump_event(event))
+
+
 async def record_events(conn: AsyncConnection, items: Sequence[tuple[int, MessageEvent]], *, signer: Signer,
                         now: float | None = None) -> list[int]:
-    """``write_events`` on an async connection."""
-    return await conn.run_sync(write_events, items, signer=signer, now=now)
+    """``write_events`` of ``(org_id, event)`` pairs, on an async connection."""
+    return await conn.run_sync(write_events, [outgoing(org_id, event) for org_id, event in items],
+                               signer=signer, now=now)
 
 
-def write_events(conn: Connection, items: Sequence[tuple[int, MessageEvent]], *, signer: Signer,
+def write_events(conn: Connection, items: Sequence[OutgoingEvent], *, signer: Signer,
                  now: float | None = None) -> list[int]:
-    """Writes each ``(org_id, event)`` and its deliveries; returns the event
-    ids in the order given. Call inside a transaction."""
+    """Writes each event and its deliveries; returns the event ids in the
+    order given. Call inside a transaction."""
     if not items:
         return []
     created = utcnow()
     due = time.time() if now is None else now
-    bodies = [dump_event(event) for _, event in items]
-    rows = [{"org_id": org_id, "event_type": event.type, "conversation_id": event.payload.conversation.id,
-             "message_id": event.payload.message.id, "body": body, "created_at": created}
-            for (org_id, event), body in zip(items, bodies)]
+    rows = [{"org_id": item.org_id, "event_type": item.event_type, "conversation_id": item.conversation_id,
+             "message_id": item.message_id, "body": item.body, "created_at": created} for item in items]
     if conn.dialect.name == "sqlite":
         # SQLite numbers the rows of an INSERT in the order of its VALUES (the
         # writer holds the database lock), so the ids in ascending order are
@@ -84,27 +101,28 @@ def write_events(conn: Connection, items: Sequence[tuple[int, MessageEvent]], *,
 
     subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
     for config_id, org_id, event_type, paused, ordering in conn.execute(configurations.SUBSCRIBED, {
-            "org_ids": sorted({org_id for org_id, _ in items}), "event_types": sorted({event.type for _, event in items})}):
+            "org_ids": sorted({item.org_id for item in items}),
+            "event_types": sorted({item.event_type for item in items})}):
         subscribed[(org_id, event_type)].append((config_id, paused, ordering == BY_CONVERSATION))
     if not subscribed:
         return event_ids
 
     wanted: Counter[tuple[int, int]] = Counter()  # (configuration, conversation) -> sequence numbers needed
-    for org_id, event in items:
-        for config_id, _, _ in subscribed.get((org_id, event.type), ()):
-            wanted[(config_id, event.payload.conversation.id)] += 1
+    for item in items:
+        for config_id, _, _ in subscribed.get((item.org_id, item.event_type), ()):
+            wanted[(config_id, item.conversation_id)] += 1
     next_number = _take_sequences(conn, wanted)
     # Ordered conversations that already have a delivery to finish: all of
     # this batch's deliveries in them wait; in the others, all but the first.
     busy = _with_unfinished(conn, [key for key, first in next_number.items() if first > 1])
 
     rows = []
-    for event_id, (org_id, event), body in zip(event_ids, items, bodies):
-        configs = subscribed.get((org_id, event.type))
+    for event_id, item in zip(event_ids, items):
+        configs = subscribed.get((item.org_id, item.event_type))
         if not configs:
             continue
-        signature = signer.vendor_signature(body)
-        conversation_id = event.payload.conversation.id
+        signature = signer.vendor_signature(item.body)
+        org_id, conversation_id = item.org_id, item.conversation_id
         for config_id, paused, ordered in configs:
             key = (config_id, conversation_id)
             sequence = next_number[key]
