@@ -18,8 +18,10 @@ from sqlalchemy import event
 
 from tests.platform_support import running_platform
 from tidings.platform.deliveries.reads import conversation_heads
-from tidings.platform.ingestion import ChannelMessage, IncomingMessage, ingest_messages
+from tidings.platform.ingestion import ChannelMessage, IncomingMessage, ingest_batch, ingest_messages
+from tidings.store.engine import create_sync_engine, url_of
 from tidings.store.pairs import by_first
+from tidings.store.sqlite import driver_sqlite
 
 HOOK = "https://hooks.example.com/tidings"
 GROWING_TABLES = ("messages", "conversations", "deliveries", "events")
@@ -90,3 +92,37 @@ def test_grouping_keeps_every_pair_and_adds_none(pairs):
     assert {(first, second) for first, seconds in grouped.items() for second in seconds} == set(pairs)
     assert all(seconds == sorted(set(seconds)) for seconds in grouped.values())
 
+
+
+async def test_the_writers_sqlite3_statements_seek_instead_of_scanning(platform):
+    """The ingestion's writer runs its statements on the sqlite3 connection
+    (``store.sqlite``): every SELECT it sends, traced by sqlite3 itself."""
+    a = await platform.tenant("A")
+    async with platform.client() as client:
+        answer = await client.post("/v2/webhooks", headers=a.headers,
+                                   json={"items": [{"url": HOOK, "event_type": "message_created"}]})
+    assert answer.status_code == 200, answer.text
+    selects: list[str] = []
+    engine = create_sync_engine(url_of(platform.engine))
+    try:
+        batch = [ChannelMessage(a.org_id, a.channel_id, IncomingMessage(
+            business_id=a.business_id, external_conversation_id=f"c{i % 3}", external_message_id=f"m{i}",
+            content="hello")) for i in range(10)]
+        # Then duplicates (the lookups find rows) and more in the same conversations (their order is looked up).
+        for messages in (batch[:6], batch[:3] + batch[6:]):
+            with engine.begin() as conn:
+                db = driver_sqlite(conn)
+                db.set_trace_callback(lambda sql: selects.append(sql) if sql.lstrip().upper().startswith(
+                    ("SELECT", "WITH")) else None)
+                try:
+                    ingest_batch(conn, platform.signer, messages)
+                finally:
+                    db.set_trace_callback(None)
+    finally:
+        engine.dispose()
+
+    assert any("messages" in sql for sql in selects) and any("deliveries" in sql for sql in selects)
+    database = sqlite3.connect(platform.engine.url.database)
+    scans = {sql: full_scans(database.execute("EXPLAIN QUERY PLAN " + sql).fetchall()) for sql in selects}
+    database.close()
+    assert {sql: steps for sql, steps in scans.items() if steps} == {}

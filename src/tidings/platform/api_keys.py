@@ -74,8 +74,11 @@ async def revoke(conn: AsyncConnection, *, key_id: int, org_id: int | None, now:
 
 async def revocation_count(conn: AsyncConnection) -> int:
     """How many keys were ever revoked: a change means a revocation somewhere."""
-    return (await conn.execute(select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_not(None))
-                               )).scalar_one()
+    return (await conn.execute(_REVOKED)).scalar_one()
+
+
+# Built once: the API looks several times a second (``watch_revocations``).
+_REVOKED = select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_not(None))
 
 
 async def note_use(conn: AsyncConnection, *, key_id: int, now: datetime) -> None:

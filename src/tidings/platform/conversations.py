@@ -46,6 +46,7 @@ from tidings.store.platform_tables import (
     events,
     messages,
 )
+from tidings.store.sqlite import in_sqlite_thread, json_array
 
 # A custom channel's conversations carry this partner name; the built-in
 # partners are the contract's known values (Facebook, Google, ...).
@@ -368,6 +369,16 @@ _REPLIES_CARRIED = (
            custom_channels.c.is_readonly.is_(False))
 )
 
+_REPLIES_CARRIED_SQLITE = (
+    "SELECT e.id, m.id FROM events AS e JOIN messages AS m ON m.id = e.message_id "
+    "JOIN custom_channels AS c ON c.id = m.custom_channel_id "
+    "WHERE e.id IN (SELECT value FROM json_each(?)) AND e.event_type = 'message_created' "
+    f"AND m.sender_type = '{SenderType.USER}' AND m.status = '{MessageStatus.SENDING}' AND c.is_readonly = 0")
+
+
+def _replies_carried_on_sqlite(db, event_ids: str) -> list[tuple[int, int]]:
+    return db.execute(_REPLIES_CARRIED_SQLITE, (event_ids,)).fetchall()
+
 
 async def settle_replies(conn: AsyncConnection, finished: Sequence[FinishedDelivery], *, signer: Signer) -> None:
     """The dispatcher's ``on_finished``: called once per cycle, inside the
@@ -382,7 +393,10 @@ async def settle_replies(conn: AsyncConnection, finished: Sequence[FinishedDeliv
     delivered = {delivery.row.event_id: delivery.delivered for delivery in finished if not delivery.row.is_tryout}
     if not delivered:
         return
-    carried = (await conn.execute(_REPLIES_CARRIED, {"event_ids": sorted(delivered)})).all()
+    if conn.dialect.name == "sqlite":  # one call to the connection's thread, not one per step of a cursor
+        carried = await in_sqlite_thread(conn, _replies_carried_on_sqlite, json_array(sorted(delivered)))
+    else:
+        carried = (await conn.execute(_REPLIES_CARRIED, {"event_ids": sorted(delivered)})).all()
     for event_id, message_id in carried:
         await change_message_status(conn, signer, message_id, from_status=MessageStatus.SENDING,
                                     to_status=MessageStatus.SUCCESS if delivered[event_id] else MessageStatus.FAILED)

@@ -404,8 +404,10 @@ class Dispatcher:
             return False
         if results or releases or drops:
             self._count(results, kept, dropped)
+        if releases or any(result.decision.outcome is _RETRY for result in results):
             # Retries and hand-backs are pending again: "nothing due" holds only once a
-            # claim after them says so (in this transaction, or in a later one).
+            # claim after them says so (in this transaction, or in a later one). A
+            # delivery that ended leaves nothing due: no claim follows it (bench/e2e.py).
             self._nothing_due = False
             if not claim_limit and not self._in_process:
                 self._next_claim_at = 0.0  # nothing else to do: find out now

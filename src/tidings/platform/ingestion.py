@@ -42,6 +42,8 @@ from tidings.platform.conversations import (
 from tidings.platform.deliveries.outbox import OutgoingEvent, write_events
 from tidings.store.pairs import pair_condition, select_pairs
 from tidings.store.platform_tables import businesses, conversations, custom_channels, messages
+from tidings.store.sqlite import SqliteColumns, driver_sqlite, insert_rows, json_array, sqlite_datetime
+from tidings.store.types import UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,8 @@ async def ingest_messages(conn: AsyncConnection, signer: Signer, batch: Sequence
 
 def ingest_batch(conn: Connection, signer: Signer, batch: Sequence[ChannelMessage]) -> list[Outcome]:
     """Ingests ``batch`` in the caller's transaction; one outcome per message, in order."""
-    channels = _rows_by_id(conn, _CHANNELS, {item.channel_id for item in batch})
-    owners = _rows_by_id(conn, _BUSINESSES, {item.incoming.business_id for item in batch})
+    channels = _rows_by_id(conn, _CHANNELS, _CHANNELS_SQLITE, {item.channel_id for item in batch})
+    owners = _rows_by_id(conn, _BUSINESSES, _BUSINESSES_SQLITE, {item.incoming.business_id for item in batch})
     stored_messages = _stored_messages(conn, {_message_key(item) for item in batch})
     stored_conversations = _stored_conversations(conn, {_conversation_key(item) for item in batch})
     now = utcnow()
@@ -302,7 +304,34 @@ _STORED_CONVERSATIONS = _by_pair(conversations.c, conversations.c.custom_channel
                                  conversations.c.external_conversation_id)
 
 
-def _rows_by_id(conn: Connection, statement, ids: set[str]) -> dict[str, dict[str, Any]]:
+# Their SQLite forms, for the writer's sqlite3 connection (``driver_sqlite``):
+# keys go in as one JSON array, so that each statement has one text; a pair
+# is looked up through its unique index (tests/test_query_plans.py).
+_CHANNEL_COLUMNS = SqliteColumns(custom_channels)
+_BUSINESS_COLUMNS = SqliteColumns(businesses)
+_CONVERSATION_COLUMNS = SqliteColumns(conversations)
+_NEW_CONVERSATION_COLUMNS = SqliteColumns(conversations, [name for name in conversations.c.keys() if name != "id"])
+_NEW_MESSAGE_COLUMNS = SqliteColumns(messages, [name for name in messages.c.keys() if name != "id"])
+_BY_ID_SQLITE = "SELECT {columns} FROM {table} WHERE id IN (SELECT value FROM json_each(?))"
+_CHANNELS_SQLITE = (_CHANNEL_COLUMNS, _BY_ID_SQLITE.format(columns=_CHANNEL_COLUMNS.listed, table="custom_channels"))
+_BUSINESSES_SQLITE = (_BUSINESS_COLUMNS, _BY_ID_SQLITE.format(columns=_BUSINESS_COLUMNS.listed, table="businesses"))
+# No alias for the table: the query plans' test reads its name in the plan.
+_BY_PAIR_SQLITE = ("SELECT {columns} FROM json_each(?) AS k CROSS JOIN {table} "
+                   "ON {table}.custom_channel_id = json_extract(k.value, '$[0]') "
+                   "AND {table}.{second} = json_extract(k.value, '$[1]')")
+STORED_MESSAGES_SQLITE = _BY_PAIR_SQLITE.format(
+    columns="messages.custom_channel_id, messages.external_message_id, messages.id, messages.conversation_id",
+    table="messages", second="external_message_id")
+STORED_CONVERSATIONS_SQLITE = _BY_PAIR_SQLITE.format(
+    columns=_CONVERSATION_COLUMNS.listed_as("conversations"), table="conversations", second="external_conversation_id")
+
+
+def _rows_by_id(conn: Connection, statement, on_sqlite: tuple[SqliteColumns, str],
+                ids: set[str]) -> dict[str, dict[str, Any]]:
+    if (db := driver_sqlite(conn)) is not None:
+        columns, text = on_sqlite
+        found = [columns.read(row) for row in db.execute(text, (json_array(sorted(ids)),))]
+        return {row["id"]: row for row in found}
     rows = conn.execute(statement, {"ids": sorted(ids)})
     return {row.id: dict(row._mapping) for row in rows}
 
@@ -311,13 +340,20 @@ def _stored_messages(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple
     """(channel, external message id) -> (message id, conversation id) of those already stored."""
     if not keys:
         return {}
-    rows = select_pairs(conn, _STORED_MESSAGES, keys)
+    if (db := driver_sqlite(conn)) is not None:
+        rows = db.execute(STORED_MESSAGES_SQLITE, (json_array(sorted(keys)),)).fetchall()
+    else:
+        rows = select_pairs(conn, _STORED_MESSAGES, keys)
     return {(row[0], row[1]): (row[2], row[3]) for row in rows}
 
 
 def _stored_conversations(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    rows = select_pairs(conn, _STORED_CONVERSATIONS, keys)
-    return {(row.custom_channel_id, row.external_conversation_id): dict(row._mapping) for row in rows}
+    if (db := driver_sqlite(conn)) is not None:
+        found = [_CONVERSATION_COLUMNS.read(row)
+                 for row in db.execute(STORED_CONVERSATIONS_SQLITE, (json_array(sorted(keys)),))]
+    else:
+        found = [dict(row._mapping) for row in select_pairs(conn, _STORED_CONVERSATIONS, keys)]
+    return {(row["custom_channel_id"], row["external_conversation_id"]): row for row in found}
 
 
 def _insert_new(table, unique: tuple[str, str], *returning):
@@ -339,7 +375,12 @@ def _for_dialect(conn: Connection, statements: dict) -> Any:
 def _create_conversations(conn: Connection, new: dict[tuple[str, str], dict[str, Any]]
                                 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Inserts the new conversations; one created meanwhile by another process is read instead."""
-    inserted = conn.execute(_for_dialect(conn, _NEW_CONVERSATIONS), [new[key] for key in sorted(new)])
+    if (db := driver_sqlite(conn)) is not None:
+        inserted = insert_rows(db, _NEW_CONVERSATION_COLUMNS, [new[key] for key in sorted(new)],
+                               on_conflict="ON CONFLICT (custom_channel_id, external_conversation_id) DO NOTHING",
+                               returning=("id", "custom_channel_id", "external_conversation_id"))
+    else:
+        inserted = conn.execute(_for_dialect(conn, _NEW_CONVERSATIONS), [new[key] for key in sorted(new)])
     created = {(row[1], row[2]): {**new[(row[1], row[2])], "id": row[0]} for row in inserted}
     missing = set(new) - set(created)
     if missing:
@@ -351,7 +392,11 @@ def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple
     """Inserts the messages; returns the ids of those inserted (one stored meanwhile is skipped)."""
     if not rows:
         return {}
-    inserted = conn.execute(_for_dialect(conn, _NEW_MESSAGES), rows)
+    if (db := driver_sqlite(conn)) is not None:
+        inserted = insert_rows(db, _NEW_MESSAGE_COLUMNS, rows, on_conflict="ON CONFLICT (custom_channel_id, external_message_id) DO NOTHING",
+                               returning=("id", "custom_channel_id", "external_message_id"))
+    else:
+        inserted = conn.execute(_for_dialect(conn, _NEW_MESSAGES), rows)
     return {(row[1], row[2]): row[0] for row in inserted}
 
 
@@ -361,12 +406,16 @@ _UPDATE_CONVERSATION = (
     update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
         last_message_id=case((_NEWER, bindparam("new_last_id")), else_=conversations.c.last_message_id),
         is_read=case((_NEWER, bindparam("new_is_read")), else_=conversations.c.is_read),
-        first_message_date=func.coalesce(conversations.c.first_message_date, bindparam("new_first_date")),
+        first_message_date=func.coalesce(conversations.c.first_message_date, bindparam("new_first_date", type_=UTCDateTime)),
         has_one_user_message=or_(conversations.c.has_one_user_message, bindparam("new_user_message")),
         consumer_name=func.coalesce(bindparam("new_consumer_name"), conversations.c.consumer_name),
         consumer_img=func.coalesce(bindparam("new_consumer_img"), conversations.c.consumer_img),
     )
 )
+
+
+# The same statement's text on SQLite, for the writer's sqlite3 connection.
+_UPDATE_CONVERSATION_SQLITE = str(_UPDATE_CONVERSATION.compile(dialect=sqlite.dialect(paramstyle="named")))
 
 
 def _update_conversations(conn: Connection, created: list[tuple[dict[str, Any], IncomingMessage]]) -> None:
@@ -384,4 +433,8 @@ def _update_conversations(conn: Connection, created: list[tuple[dict[str, Any], 
             "new_consumer_img": incoming.consumer_img if incoming.consumer_img is not None
             else earlier.get("new_consumer_img"),
         }
-    conn.execute(_UPDATE_CONVERSATION, [changes[key] for key in sorted(changes)])
+    if (db := driver_sqlite(conn)) is not None:
+        db.executemany(_UPDATE_CONVERSATION_SQLITE, [{**changes[key], "new_first_date": sqlite_datetime(
+            changes[key]["new_first_date"])} for key in sorted(changes)])
+    else:
+        conn.execute(_UPDATE_CONVERSATION, [changes[key] for key in sorted(changes)])

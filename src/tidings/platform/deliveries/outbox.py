@@ -40,6 +40,7 @@ from tidings.platform.deliveries.wakeup import mark_deliveries_written
 from tidings.platform.webhook_rules import BY_CONVERSATION
 from tidings.store.pairs import pair_condition, select_pairs
 from tidings.store.platform_tables import deliveries, delivery_sequences, events
+from tidings.store.sqlite import SqliteColumns, driver_sqlite, insert_rows, json_array
 
 __all__ = ["OutgoingEvent", "initial_status", "new_webhook_id", "outgoing", "record_event", "record_events",
            "write_events"]
@@ -90,20 +91,24 @@ def write_events(conn: Connection, items: Sequence[OutgoingEvent], *, signer: Si
     due = time.time() if now is None else now
     rows = [{"org_id": item.org_id, "event_type": item.event_type, "conversation_id": item.conversation_id,
              "message_id": item.message_id, "body": item.body, "created_at": created} for item in items]
-    if conn.dialect.name == "sqlite":
-        # SQLite numbers the rows of an INSERT in the order of its VALUES (the
-        # writer holds the database lock), so the ids in ascending order are
-        # the events in order; asking for sorted RETURNING rows would make
-        # SQLAlchemy send one INSERT per event.
+    db = driver_sqlite(conn)
+    # SQLite numbers the rows of an INSERT in the order of its VALUES (the
+    # writer holds the database lock), so the ids in ascending order are the
+    # events in order; asking SQLAlchemy for sorted RETURNING rows would make
+    # it send one INSERT per event.
+    if db is not None:
+        event_ids = sorted(row[0] for row in insert_rows(db, _EVENT_COLUMNS, rows, returning=("id",)))
+    elif conn.dialect.name == "sqlite":
         event_ids = sorted((conn.execute(_INSERT_EVENTS, rows)).scalars())
     else:
         event_ids = list((conn.execute(_INSERT_EVENTS_IN_ORDER, rows)).scalars())
 
+    org_ids, event_types = sorted({item.org_id for item in items}), sorted({item.event_type for item in items})
+    found = db.execute(SUBSCRIBED_SQLITE, (json_array(org_ids), json_array(event_types))) if db is not None else \
+        conn.execute(configurations.SUBSCRIBED, {"org_ids": org_ids, "event_types": event_types})
     subscribed: defaultdict[tuple[int, str], list[tuple[int, bool, bool]]] = defaultdict(list)
-    for config_id, org_id, event_type, paused, ordering in conn.execute(configurations.SUBSCRIBED, {
-            "org_ids": sorted({item.org_id for item in items}),
-            "event_types": sorted({item.event_type for item in items})}):
-        subscribed[(org_id, event_type)].append((config_id, paused, ordering == BY_CONVERSATION))
+    for config_id, org_id, event_type, paused, ordering in found:
+        subscribed[(org_id, event_type)].append((config_id, bool(paused), ordering == BY_CONVERSATION))
     if not subscribed:
         return event_ids
 
@@ -135,7 +140,10 @@ def write_events(conn: Connection, items: Sequence[OutgoingEvent], *, signer: Si
                 "sequence": sequence, "status": status, "attempt_count": 0,
                 "next_attempt_at": due, "created_at": created,
             })
-    conn.execute(_INSERT_DELIVERIES, rows)
+    if db is not None:
+        insert_rows(db, _DELIVERY_COLUMNS, rows)
+    else:
+        conn.execute(_INSERT_DELIVERIES, rows)
     if any(row["status"] == PENDING for row in rows):
         mark_deliveries_written(conn)
     return event_ids
@@ -162,6 +170,25 @@ _UNFINISHED_PAIRS = (
            deliveries.c.status.in_(UNFINISHED)))
 
 
+# Their SQLite forms, for the ingestion writer's sqlite3 connection (``driver_sqlite``).
+_EVENT_COLUMNS = SqliteColumns(events, [name for name in events.c.keys() if name != "id"])
+_DELIVERY_COLUMNS = SqliteColumns(deliveries, ["event_id", "webhook_config_id", "org_id", "webhook_id", "signature",
+                                               "conversation_id", "sequence", "status", "attempt_count",
+                                               "next_attempt_at", "created_at"])
+_SEQUENCE_COLUMNS = SqliteColumns(delivery_sequences)
+SUBSCRIBED_SQLITE = (
+    "SELECT id, org_id, event_type, paused, ordering FROM webhook_configs "
+    "WHERE org_id IN (SELECT value FROM json_each(?)) AND event_type IN (SELECT value FROM json_each(?)) "
+    "AND deleted_at IS NULL ORDER BY id")
+_ADD_TO_SEQUENCES_SQLITE = ("ON CONFLICT (webhook_config_id, conversation_id) "
+                            "DO UPDATE SET last_sequence = last_sequence + excluded.last_sequence")
+UNFINISHED_PAIRS_SQLITE = (
+    "SELECT DISTINCT deliveries.webhook_config_id, deliveries.conversation_id FROM json_each(?) AS k "
+    "CROSS JOIN deliveries ON deliveries.webhook_config_id = json_extract(k.value, '$[0]') "
+    "AND deliveries.conversation_id = json_extract(k.value, '$[1]') "
+    f"AND deliveries.status IN ({', '.join(repr(status) for status in UNFINISHED)})")
+
+
 def _take_sequences(conn: Connection, wanted: Counter[tuple[int, int]]) -> dict[tuple[int, int], int]:
     """Reserves ``wanted[key]`` consecutive sequence numbers for each
     (configuration, conversation); returns the first of each.
@@ -170,11 +197,16 @@ def _take_sequences(conn: Connection, wanted: Counter[tuple[int, int]]) -> dict[
     PostgreSQL never share a number; keys in a fixed order, so two writers
     lock the rows in the same order.
     """
-    statement = _UPSERT_SEQUENCES["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     taken = {}
     rows = [{"webhook_config_id": config_id, "conversation_id": conversation_id, "last_sequence": wanted[(config_id, conversation_id)]}
             for config_id, conversation_id in sorted(wanted)]
-    for config_id, conversation_id, last in (conn.execute(statement, rows)).all():
+    if (db := driver_sqlite(conn)) is not None:
+        found = insert_rows(db, _SEQUENCE_COLUMNS, rows, on_conflict=_ADD_TO_SEQUENCES_SQLITE,
+                            returning=("webhook_config_id", "conversation_id", "last_sequence"))
+    else:
+        found = conn.execute(_UPSERT_SEQUENCES["postgresql" if conn.dialect.name == "postgresql" else "sqlite"],
+                             rows).all()
+    for config_id, conversation_id, last in found:
         taken[(config_id, conversation_id)] = last - wanted[(config_id, conversation_id)] + 1
     return taken
 
@@ -183,6 +215,8 @@ def _with_unfinished(conn: Connection, keys: list[tuple[int, int]]) -> set[tuple
     """Which (configuration, conversation) pairs have a delivery still to finish."""
     if not keys:
         return set()
+    if (db := driver_sqlite(conn)) is not None:
+        return {tuple(row) for row in db.execute(UNFINISHED_PAIRS_SQLITE, (json_array(sorted(keys)),))}
     return {tuple(row) for row in select_pairs(conn, _UNFINISHED_PAIRS, keys)}
 
 
