@@ -223,6 +223,10 @@ def test_a_date_is_written_in_the_contract_format(moment):
     assert format_date(moment) == moment.astimezone(UTC).strftime(CONTRACT_DATE_FORMAT)
 
 
+def test_an_early_year_is_written_in_four_digits():
+    assert format_date(datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == "0999-01-02 03:04:05.000006+00:00"
+
+
 # --- generated events -------------------------------------------------------------
 
 def open_enum(known) -> st.SearchStrategy[str]:

@@ -22,7 +22,9 @@ from tests.dispatcher_support import (
     scripted_endpoint,
 )
 from tidings.contract.signing import Verifier, generate_secret
-from tidings.platform.dispatcher import Dispatcher
+from tidings.contract.samples import SampleFactory
+from tidings.platform.deliveries.outbox import record_event
+from tidings.platform.dispatcher import Dispatcher, may_leave_due
 from tidings.store.platform_tables import deliveries, events
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,3 +80,33 @@ async def test_run_until_idle_waits_for_a_retry_written_after_a_claim_found_noth
         assert delivery.status == "delivered" and delivery.attempt_count == 2
         assert [attempt.error.split(":")[0] if attempt.error else attempt.status_code
                 for attempt in await attempt_rows(engine)] == ["timeout", 200]
+
+
+async def test_run_until_idle_sends_what_on_finished_wrote_after_a_claim_found_nothing(db_url):
+    # A delivery's end writes another (a settled reply's message_updated) in the
+    # transaction that records it; a claim during the slow attempt found nothing
+    # due. The run must not end with the new delivery pending (on PostgreSQL no
+    # in-process wake-up comes to the rescue).
+    signer = new_signer()
+    async with scripted_endpoint(slow=[("hang", 0.5), 200]) as endpoint, database(db_url) as engine:
+        org_id = await add_organization(engine)
+        await add_configuration(engine, org_id, endpoint.url("/slow"))
+        await add_events(engine, signer, org_id, 1)
+        written = []
+
+        async def on_finished(conn, finished):
+            if not written:
+                written.append(await record_event(conn, org_id=org_id, event=SampleFactory(5).message_created(),
+                                                  signer=signer))
+
+        # Claims at 0 (the event) and at 0.3 s (nothing); the result, at 0.5 s, is recorded before the next.
+        dispatcher = Dispatcher(engine, signer, fast_settings(), poll_interval=0.3, on_finished=on_finished)
+        await asyncio.wait_for(dispatcher.run_until_idle(), 30)
+        assert written and [row.status for row in await delivery_rows(engine)] == ["delivered", "delivered"]
+        assert len(endpoint.on("/slow")) == 2
+
+
+def test_only_writes_that_may_leave_deliveries_pending_are_followed_by_a_claim():
+    assert not may_leave_due(releases=0, retries=0, unapplied=0, wrote_deliveries=False)
+    for change in ({"releases": 1}, {"retries": 2}, {"unapplied": 1}, {"wrote_deliveries": True}):
+        assert may_leave_due(**{"releases": 0, "retries": 0, "unapplied": 0, "wrote_deliveries": False, **change})

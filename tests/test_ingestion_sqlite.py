@@ -25,6 +25,7 @@ from tidings.platform.ingestion import ChannelMessage, IncomingMessage, IngestRe
 from tidings.platform.sodium import sodium_signer
 from tidings.store.engine import create_engine, create_sync_engine
 from tidings.store.platform_tables import conversations
+from tidings.store import sqlite as store_sqlite
 from tidings.store.sqlite import driver_sqlite
 
 NOW = datetime(2026, 12, 7, 16, 0, 0, 123456, tzinfo=UTC)
@@ -135,8 +136,10 @@ def test_the_driver_path_stores_what_sqlalchemy_stores(template, tmp_path, items
     for name in ("driver", "sqlalchemy"):
         paths.append(tmp_path / f"{name}.db")
         shutil.copyfile(path, paths[-1])
+    # A few parameters to a statement, so that the driver path's inserts split into many.
     with mock.patch.object(ingestion, "utcnow", lambda: NOW), mock.patch.object(outbox, "utcnow", lambda: NOW), \
-            mock.patch.object(outbox.time, "time", lambda: 1_800_000_000.5):
+            mock.patch.object(outbox.time, "time", lambda: 1_800_000_000.5), \
+            mock.patch.object(store_sqlite, "MAX_PARAMETERS", 30):
         driver = on_driver(paths[0], batches)
         core = asyncio.run(through_sqlalchemy(paths[1], batches))
     assert driver == core

@@ -33,9 +33,9 @@ def parse_date(value: Any) -> datetime:
 
 
 def format_date(value: datetime) -> str:
-    """The contract's spelling of ``value``, in UTC: ``CONTRACT_DATE_FORMAT``,
-    which ``isoformat`` writes in a fifth of ``strftime``'s time (every event
-    carries three dates)."""
+    """The contract's spelling of ``value``, in UTC: ``CONTRACT_DATE_FORMAT``
+    (the year always in four digits), which ``isoformat`` writes in a fifth of
+    ``strftime``'s time (every event carries three dates)."""
     return value.astimezone(UTC).isoformat(" ", "microseconds")
 
 

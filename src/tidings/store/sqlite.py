@@ -53,8 +53,10 @@ def sqlite_datetime(value: datetime | None) -> str | None:
 
 
 def driver_sqlite(conn: Connection) -> sqlite3.Connection | None:
-    """The sqlite3 connection under ``conn``, in its transaction; ``None``
-    on another driver (PostgreSQL, or aiosqlite through ``run_sync``)."""
+    """The sqlite3 connection under ``conn``: statements on it are part of
+    ``conn``'s transaction, committed or rolled back with it (sqlite3 begins
+    it at the first write, as for SQLAlchemy's own). ``None`` on another
+    driver (PostgreSQL, or aiosqlite through ``run_sync``)."""
     driver = conn.connection.driver_connection
     return driver if isinstance(driver, sqlite3.Connection) else None
 
