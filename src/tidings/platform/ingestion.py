@@ -12,7 +12,10 @@ dozen statements, whatever their number: the reads first, then every
 decision in Python, then the writes. Every refusal is decided before the
 first write, so a refused message leaves the others untouched. It runs on a
 synchronous connection (the ingestion's writer thread on SQLite);
-``ingest_messages`` is the same on an async one.
+``ingest_messages`` is the same on an async one. On the writer's SQLite
+connection each statement runs on the sqlite3 connection underneath, in
+the form written beside its SQLAlchemy one (``store.sqlite``;
+``tests/test_ingestion_sqlite.py`` holds the two to the same rows).
 """
 
 from __future__ import annotations

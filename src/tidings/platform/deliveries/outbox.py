@@ -11,6 +11,8 @@ their number (batched ingestion), on a synchronous connection: the
 ingestion's writer runs it in a thread of its own on SQLite, where each
 statement through the async driver would cost two thread switches.
 ``record_events`` and ``record_event`` are the same for an async connection.
+On the writer's SQLite connection the statements run on the sqlite3
+connection underneath (``store.sqlite``), in the forms written beside them.
 Sequence numbers are taken with one atomic upsert, and the rows of
 ``delivery_sequences`` stay locked until the transaction ends: that
 serialises the writers of one conversation with the dispatcher's promotions
