@@ -60,6 +60,7 @@ LEASE_TESTS = ("tests/test_receiver_lease.py",)
 WAKE_UP_TESTS = ("tests/test_wakeup.py",)
 IDLE_PACE_TESTS = ("tests/test_dispatcher_isolation.py::test_a_burst_after_an_idle_spell_is_sent_not_handed_back",)
 HAND_OFF_TESTS = ("tests/test_hand_off.py",)
+SQLITE_WRITER_TESTS = ("tests/test_ingestion_sqlite.py",)
 
 MUTATIONS = (
     Mutation(
@@ -126,6 +127,38 @@ MUTATIONS = (
         "hand-off-none", "the ingestion never claims for the dispatcher of its process",
         (Edit(r"room = hand_off\.room_to_hand_off\(\) if hand_off is not None else 0", "room = 0"),),
         HAND_OFF_TESTS),
+    Mutation(
+        "sqlite-writer-first-chunk-only", "the SQLite writer inserts the first statement's rows of a batch and drops the rest",
+        (Edit(r"for start in range\(0, len\(rows\), per_statement\):",
+              "for start in range(0, min(len(rows), per_statement), per_statement):"),),
+        SQLITE_WRITER_TESTS),
+    Mutation(
+        "sqlite-writer-unfinished-wrong", "the SQLite writer sees a conversation's ordered deliveries as finished",
+        (Edit(r"AND deliveries\.status IN \(\{', '\.join\(repr\(status\) for status in UNFINISHED\)\}\)",
+              "AND deliveries.status IN ('delivered')"),),
+        SQLITE_WRITER_TESTS),
+    Mutation(
+        "sqlite-writer-date-unconverted", "the SQLite writer binds a conversation's first message date as sqlite3 would",
+        (Edit(r'"new_first_date": sqlite_datetime\(\s*changes\[key\]\["new_first_date"\]\)',
+              '"new_first_date": changes[key]["new_first_date"]'),),
+        SQLITE_WRITER_TESTS),
+    Mutation(
+        "sqlite-writer-pair-scan", "the SQLite writer looks pairs up by scanning the table, not through its index",
+        (Edit(r"\"ON \{table\}\.custom_channel_id = json_extract", "\"ON {table}.custom_channel_id || '' = json_extract"),
+         Edit(r"\"AND \{table\}\.\{second\} = json_extract", "\"AND {table}.{second} || '' = json_extract")),
+        ("tests/test_query_plans.py",)),
+    Mutation(
+        "event-document-field-swapped", "message_created written from rows carries is_solved as is_read",
+        (Edit(r'"is_read": conversation\["is_read"\],', '"is_read": conversation["is_solved"],'),),
+        ("tests/test_event_documents.py",)),
+    Mutation(
+        "replies-settle-wrong-channel-on-sqlite", "on SQLite a delivered reply settles only on read-only channels",
+        (Edit(r"AND c\.is_readonly = 0\"\)", "AND c.is_readonly = 1\")"),),
+        ("tests/test_platform_api_replies.py::test_settling_a_custom_channel_reply_happens_exactly_once",)),
+    Mutation(
+        "no-claim-after-retries", "a cycle that wrote retries or hand-backs is never followed by a claim",
+        (Edit(r"return bool\(releases or retries or unapplied or wrote_deliveries\)", "return False"),),
+        ("tests/test_dispatcher_transports.py",)),
 )
 
 
