@@ -35,7 +35,7 @@ from tidings.platform.deliveries import statements as sql
 from tidings.platform.deliveries import wakeup
 from tidings.platform.deliveries.statuses import DELIVERING, FINAL
 from tidings.store.engine import begin_write, create_engine, url_of
-from tidings.store.sqlite import in_sqlite_thread, sqlite_datetime
+from tidings.store.sqlite import in_sqlite_thread, json_array, sqlite_datetime
 
 __all__ = [
     "AttemptRow",
@@ -279,10 +279,6 @@ SQLITE_CACHE_KIB = 32 * 1024
 _CACHE_SET = "tidings.deliveries.sqlite_cache"
 
 
-def _json_ids(ids) -> str:
-    return orjson.dumps(list(ids)).decode()
-
-
 class SqliteCycle:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -348,12 +344,12 @@ def _record_in_thread(db, worker_id: str, attempts: list[tuple], results: Sequen
     applied: set[int] = set()
     dropping = list(drops)
     if results:
-        for delivery_id, deleted in db.execute(sql.HELD_SQLITE, (_json_ids(r.delivery_id for r in results),
+        for delivery_id, deleted in db.execute(sql.HELD_SQLITE, (json_array(r.delivery_id for r in results),
                                                                  worker_id)):
             (dropping.append if deleted else applied.add)(delivery_id)
     if releases:
         db.executemany(sql.RELEASE_SQLITE, releases)
-    dropped = db.execute(sql.DROP_SQLITE, (_json_ids(dropping), worker_id)).rowcount if dropping else 0
+    dropped = db.execute(sql.DROP_SQLITE, (json_array(dropping), worker_id)).rowcount if dropping else 0
     kept = [r for r in results if r.delivery_id in applied]
     if kept:
         db.executemany(sql.APPLY_RESULTS_SQLITE, [
@@ -370,11 +366,11 @@ def _claim_in_thread(db, worker_id: str, now: float, limit: int, claimed: list) 
     due = db.execute(sql.NEXT_DUE_SQLITE).fetchone()[0] if len(claimed) < limit else None
     if not claimed:
         return CycleClaim(claimed, due)
-    bodies = dict(db.execute(sql.BODIES_SQLITE, (_json_ids({row.event_id for row in claimed}),)).fetchall())
+    bodies = dict(db.execute(sql.BODIES_SQLITE, (json_array({row.event_id for row in claimed}),)).fetchall())
     configs = {row[0]: ConfigurationRow(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), bool(row[6]),
                                         bool(row[7]))
                for row in db.execute(sql.CONFIGURATIONS_SQLITE,
-                                     (_json_ids({row.webhook_config_id for row in claimed}),))}
+                                     (json_array({row.webhook_config_id for row in claimed}),))}
     return CycleClaim(claimed, due, bodies, configs)
 
 
@@ -394,9 +390,9 @@ def _promote_in_thread(db, finished: Sequence[ConversationOf], status: str, work
     # The ordering as it is now, not as it was at the claim: a configuration
     # switched to ordered meanwhile already queues new events behind this one.
     ordered = {row[0] for row in db.execute(sql.ORDERED_CONFIGURATIONS_SQLITE,
-                                            (_json_ids({config for _, config, _ in finished}),))}
+                                            (json_array({config for _, config, _ in finished}),))}
     ids = [delivery_id for delivery_id, config, _ in finished if config in ordered]
     if not ids:
         return []
     return [ClaimedRow._make(row) for row in db.execute(sql.PROMOTE_SQLITE,
-                                                        (_json_ids(ids), worker_id, now, per_conversation, status))]
+                                                        (json_array(ids), worker_id, now, per_conversation, status))]
